@@ -1,0 +1,249 @@
+"""Validate the pipeline configuration: JSON Schema plus the cross-references a schema cannot express.
+
+Every problem becomes one `ConfigError` line that names the key, so a typo is reported at DAG build
+rather than hours into a training job. Defaults from the schema are filled in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+import jsonschema
+import yaml
+
+from kdmcse.errors import KdmcseError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(KdmcseError):
+    """An invalid configuration value; the message starts with the offending key."""
+
+
+def load_schema(path: str | Path | None = None) -> dict[str, Any]:
+    return yaml.safe_load(Path(path or SCHEMA_PATH).read_text(encoding="utf-8"))
+
+
+def key_name(path: Iterable[Any]) -> str:
+    """Render a JSON path as `a.b[2].c`."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"
+
+
+def _looks_like_number(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _message(err: jsonschema.ValidationError) -> str:
+    """Turn a jsonschema error into one readable line that starts with the key."""
+    key = key_name(err.absolute_path)
+    inst = err.instance
+    if err.validator == "additionalProperties":
+        allowed = sorted((err.schema.get("properties") or {}).keys())
+        extra = sorted(set(inst) - set(allowed)) if isinstance(inst, dict) else []
+        where = f" in '{key}'" if err.absolute_path else ""
+        hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
+        return f"unknown config key '{extra[0] if extra else '?'}'{where}{hint}"
+    if _looks_like_number(inst):
+        if err.schema.get("type") == "integer" or "integer" in (err.schema.get("type") or []):
+            return f"config key '{key}': {inst!r} is a string, not an integer; write it without quotes"
+        return (
+            f"config key '{key}': {inst!r} is a string, not a number — YAML reads floats such as 3e-5 as text; "
+            f"write it with a dot, e.g. {float(inst):.1e}".replace("e-0", "e-")
+        )
+    if inst is False or inst is True:
+        if "threshold" in key:
+            return (
+                f"config key '{key}': got the boolean {inst} — YAML reads a bare off/no as false; "
+                'write the threshold as "off" in quotes, or a number'
+            )
+    if err.validator in {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}:
+        return f"config key '{key}': {inst!r} is out of range ({err.message.split(' is ', 1)[-1]})"
+    if err.validator == "oneOf" and "threshold" in key:
+        return f"config key '{key}': {inst!r} is not \"off\" or a number"
+    if err.validator == "oneOf" and "margin" in key:
+        return f"config key '{key}': {inst!r} must be a margin in radians within [0, pi/2] (or \"tied\" for margin1)"
+    if err.validator == "minItems" and not inst:
+        return f"config key '{key}': the list is empty; give at least one value"
+    if err.validator == "enum":
+        return f"config key '{key}': {inst!r} is not one of {', '.join(map(str, err.validator_value))}"
+    if err.validator == "required":
+        return f"config key '{key}': {err.message}"
+    return f"config key '{key}': {err.message}"
+
+
+def _best_errors(errors: list[jsonschema.ValidationError]) -> jsonschema.ValidationError:
+    # Prefer the deepest error: it names the most specific key. For oneOf, descend into the alternative whose
+    # failure is most telling (a range violation beats a "not the constant off").
+    def depth(e: jsonschema.ValidationError) -> int:
+        return len(e.absolute_path)
+
+    best = max(errors, key=depth)
+    if best.validator == "oneOf" and best.context:
+        ranged = [c for c in best.context if c.validator in {"minimum", "maximum"}]
+        if ranged:
+            return ranged[0]
+    return best
+
+
+def _fill_defaults(node: Any, schema: dict[str, Any], defs: dict[str, Any]) -> Any:
+    if "$ref" in schema:
+        schema = defs[schema["$ref"].split("/")[-1]]
+    if not isinstance(node, dict) or schema.get("type") != "object":
+        return node
+    for name, sub in (schema.get("properties") or {}).items():
+        if name not in node and "default" in sub:
+            node[name] = copy.deepcopy(sub["default"])
+        if name in node:
+            node[name] = _fill_defaults(node[name], sub, defs)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for name in node:
+            if name not in (schema.get("properties") or {}):
+                node[name] = _fill_defaults(node[name], extra, defs)
+    return node
+
+
+def _check_threshold(key: str, value: Any, space: str) -> None:
+    if value == "off":
+        return
+    if not math.isfinite(value):
+        raise ConfigError(f"config key '{key}': {value!r} is not a finite number")
+    if space == "cosine" and not -1.0 <= value <= 1.0:
+        raise ConfigError(
+            f"config key '{key}': {value} is outside the cosine range [-1, 1] of train.threshold_space=cosine; "
+            "use a cosine threshold such as 0.85, or set train.threshold_space: raw_dot"
+        )
+
+
+def _check_references(cfg: dict[str, Any]) -> None:
+    backbones, datasets, objectives = cfg["backbones"], cfg["datasets"], ("simcse", "mcse", "kdmcse")
+    captions, teachers = cfg.get("captions", {}), cfg["teachers"]
+
+    def need(kind: str, key: str, value: Any, known: Iterable[str]) -> None:
+        known = list(known)
+        if value not in known:
+            raise ConfigError(f"config key '{key}': unknown {kind} {value!r}; known: {', '.join(known) or 'none'}")
+
+    need("teacher", "teacher", cfg["teacher"], teachers)
+    for name, ds in datasets.items():
+        if ds["pairs"] is not None:
+            need("caption corpus", f"datasets.{name}.pairs", ds["pairs"], captions)
+    for name, cap in captions.items():
+        if cap["format"] != "demo":
+            for field in ("annotations", "images"):
+                if field not in cap:
+                    raise ConfigError(f"config key 'captions.{name}.{field}': required for format {cap['format']}")
+    main = cfg["grid"]["main"]
+    for i, d in enumerate(main["datasets"]):
+        need("dataset", f"grid.main.datasets[{i}]", d, datasets)
+    for i, b in enumerate(main["backbones"]):
+        need("backbone alias", f"grid.main.backbones[{i}]", b, backbones)
+    for i, o in enumerate(main["objectives"]):
+        need("objective", f"grid.main.objectives[{i}]", o, objectives)
+    space = cfg["train"]["threshold_space"]
+    _check_threshold("grid.main.threshold", main["threshold"], space)
+    for axis, abl in cfg["grid"].get("ablations", {}).items():
+        need("dataset", f"grid.ablations.{axis}.dataset", abl["dataset"], datasets)
+        need("backbone alias", f"grid.ablations.{axis}.backbone", abl["backbone"], backbones)
+        if axis == "threshold":
+            for i, v in enumerate(abl["values"]):
+                _check_threshold(f"grid.ablations.threshold.values[{i}]", v, space)
+    for obj, override in cfg.get("objectives", {}).items():
+        if "dataset" in override:
+            need("dataset", f"objectives.{obj}.dataset", override["dataset"], datasets)
+        if "threshold" in override:
+            _check_threshold(f"objectives.{obj}.threshold", override["threshold"], space)
+    # Objectives that distil from the teacher need a caption corpus to pair with.
+    for obj in main["objectives"]:
+        forced = cfg.get("objectives", {}).get(obj, {}).get("dataset")
+        for d in [forced] if forced else main["datasets"]:
+            if obj != "simcse" and datasets[d]["pairs"] is None:
+                raise ConfigError(
+                    f"config key 'grid.main.objectives': {obj} needs image-caption pairs, but dataset {d!r} "
+                    "has pairs: null; pick a dataset with a caption corpus"
+                )
+
+
+def validate_config(cfg: dict[str, Any], schema_path: str | Path | None = None) -> dict[str, Any]:
+    """Check `cfg` against the schema and its cross-references; return a copy with defaults filled in."""
+    schema = load_schema(schema_path)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = list(validator.iter_errors(cfg))
+    if errors:
+        raise ConfigError(_message(_best_errors(errors)))
+    filled = _fill_defaults(copy.deepcopy(cfg), schema, schema.get("definitions", {}))
+    _check_references(filled)
+    return filled
+
+
+def load_config(paths: list[str | Path]) -> dict[str, Any]:
+    """Merge YAML files left to right (later files override keys of earlier ones, recursively)."""
+    merged: dict[str, Any] = {}
+    for p in paths:
+        data = yaml.safe_load(Path(p).read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p}: expected a mapping at the top level")
+        merge_into(merged, data)
+    return merged
+
+
+def _coerce(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _coerce(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_coerce(v) for v in value]
+    if isinstance(value, str):
+        if value in ("true", "false"):
+            return value == "true"
+        if value in ("null", "~"):
+            return None
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        if isinstance(parsed, (int, float)) and not isinstance(parsed, bool):
+            return parsed
+    return value
+
+
+def coerce_cli_values(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Re-type the leaves of `snakemake --config` values.
+
+    Snakemake parses nested `--config key={...}` values with YAML's BaseLoader, so every leaf arrives as a
+    string ('0', '0.15'). Numbers, booleans and null are restored here; config *files* are not coerced, so a
+    float that YAML reads as text there is still reported.
+    """
+    return _coerce(dict(overrides))
+
+
+def merge_into(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge_into(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kdmcse config", description="Validate config files (merged in order).")
+    parser.add_argument("files", nargs="+", help="YAML files, e.g. config/config.yaml config/demo.yaml")
+    args = parser.parse_args(argv)
+    cfg = validate_config(load_config(args.files))
+    from kdmcse.grid import all_cells
+
+    print(f"ok: {len(all_cells(cfg))} cells x {len(cfg['grid']['seeds'])} seeds")
+    return 0

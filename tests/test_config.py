@@ -1,0 +1,145 @@
+"""Config validation: each class of mistake gets one line that names the key, before any job runs."""
+
+from __future__ import annotations
+
+import copy
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kdmcse.config import ConfigError, coerce_cli_values, load_config, merge_into, validate_config
+from kdmcse.grid import ablation_cells, all_cells, main_cells, run_config, transfer_cells
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def base() -> dict:
+    return load_config([ROOT / "config" / "config.yaml"])
+
+
+def with_overlay(base: dict, text: str) -> dict:
+    return merge_into(copy.deepcopy(base), yaml.safe_load(text))
+
+
+def error_of(cfg: dict) -> str:
+    with pytest.raises(ConfigError) as exc:
+        validate_config(cfg)
+    msg = str(exc.value)
+    assert "\n" not in msg, "errors must be one line"
+    return msg
+
+
+def test_default_config_is_valid_and_filled(base):
+    cfg = validate_config(base)
+    assert cfg["train"]["inter_reduction"] == "sum"  # released code's behaviour is the default
+    assert cfg["train"]["threshold_space"] == "cosine"
+    assert cfg["evaluate"]["transfer"] == "main"
+    assert cfg["backbones"]["bert"]["lr"] == pytest.approx(3.0e-5)
+    assert cfg["backbones"]["roberta"] == {"model": "roberta-base", "lr": 1.0e-5, "batch_size": 128}
+
+
+@pytest.mark.parametrize(
+    ("overlay", "key", "words"),
+    [
+        ("train: {epochs: three}", "train.epochs", "integer"),
+        ("train: {epochz: 3}", "epochz", "unknown config key"),
+        ("grid: {main: {margin: -0.1}}", "grid.main.margin", "range"),
+        ("grid: {ablations: {margin: {values: [0.1, 2.0]}}}", "grid.ablations.margin.values[1]", "range"),
+        ("grid: {ablations: {threshold: {values: ['off', 1.5]}}}", "grid.ablations.threshold.values[1]", "[-1, 1]"),
+        ("grid: {main: {threshold: 'maybe'}}", "grid.main.threshold", "off"),
+        ("grid: {main: {backbones: [bert, bart]}}", "grid.main.backbones[1]", "unknown backbone alias 'bart'"),
+        ("grid: {main: {objectives: [simcse, infonce]}}", "grid.main.objectives[1]", "infonce"),
+        ("grid: {seeds: []}", "grid.seeds", "empty"),
+        ("backbones: {bert: {lr: 3e-5}}", "backbones.bert.lr", "3.0e-5"),
+        ("grid: {main: {threshold: off}}", "grid.main.threshold", '"off" in quotes'),
+        ("teacher: vitb16", "teacher", "unknown teacher"),
+        ("train: {inter_reduction: median}", "train.inter_reduction", "sum, mean"),
+        ("datasets: {wiki+cc: {pairs: cc12m}}", "datasets.wiki+cc.pairs", "unknown caption corpus"),
+    ],
+)
+def test_invalid_config_names_the_key(base, overlay, key, words):
+    msg = error_of(with_overlay(base, overlay))
+    assert f"'{key}'" in msg or key in msg, msg
+    assert words in msg, msg
+
+
+def test_raw_dot_threshold_may_exceed_one(base):
+    cfg = with_overlay(base, "train: {threshold_space: raw_dot}\ngrid: {ablations: {threshold: {values: ['off', 21.5]}}}")
+    assert validate_config(cfg)["grid"]["ablations"]["threshold"]["values"][1] == 21.5
+
+
+def test_cli_values_are_retyped_but_text_stays_text():
+    got = coerce_cli_values({"grid": {"seeds": ["0", "1"], "main": {"margin": "0.15", "threshold": "off"}}, "x": "true"})
+    assert got == {"grid": {"seeds": [0, 1], "main": {"margin": 0.15, "threshold": "off"}}, "x": True}
+
+
+def test_grid_counts_and_paths(base):
+    cfg = validate_config(base)
+    main = main_cells(cfg)
+    # SimCSE is forced onto wiki with margin 0, so it appears once per backbone.
+    assert len(main) == 2 + 4 + 4
+    assert {c.path for c in main if c.objective == "simcse"} == {
+        "wiki/bert/simcse/margin~0_threshold~off",
+        "wiki/roberta/simcse/margin~0_threshold~off",
+    }
+    margins = ablation_cells(cfg, "margin")
+    assert [c.margin_label for c in margins] == ["0.05", "0.1", "0.125", "0.15", "0.2"]
+    thresholds = ablation_cells(cfg, "threshold")
+    assert [c.threshold_label for c in thresholds] == ["off", "0.8", "0.85", "0.9", "0.95"]
+    # The ablations share their main-setting cell with the main table: 10 + 4 + 4 distinct cells.
+    assert len(all_cells(cfg)) == 18
+    assert len(transfer_cells(cfg)) == 10
+
+
+def test_run_config_ties_margins_and_forces_objective_settings(base):
+    cfg = validate_config(base)
+    cells = {c.path: c for c in all_cells(cfg)}
+    kd = run_config(cfg, cells["wiki+flickr/bert/kdmcse/margin~0.15_threshold~0.9"])
+    assert (kd["margin1"], kd["margin2"], kd["threshold"]) == (0.15, 0.15, 0.9)
+    assert kd["teacher"] == {"model": "ViT-L-14", "pretrained": "openai"}
+    simcse = run_config(cfg, cells["wiki/roberta/simcse/margin~0_threshold~off"])
+    assert (simcse["margin1"], simcse["margin2"], simcse["threshold"]) == (0.0, 0.0, None)
+    assert simcse["lr"] == 1.0e-5 and simcse["batch_size"] == 128
+    fixed = run_config(validate_config(with_overlay(base, "train: {margin1: 0.1}")), cells["wiki+flickr/bert/kdmcse/margin~0.2_threshold~off"])
+    assert (fixed["margin1"], fixed["margin2"]) == (0.1, 0.2)
+    assert math.isclose(fixed["lambda"], 0.01)
+
+
+def test_schema_documents_every_key():
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    missing = []
+
+    def walk(node: dict, path: str) -> None:
+        for name, sub in (node.get("properties") or {}).items():
+            if "$ref" not in sub and "description" not in sub:
+                missing.append(f"{path}{name}")
+            walk(sub, f"{path}{name}.")
+        if isinstance(node.get("additionalProperties"), dict):
+            walk(node["additionalProperties"], f"{path}*.")
+
+    walk(schema, "")
+    assert not missing, f"schema keys without a description: {missing}"
+
+
+def test_every_default_config_key_is_in_the_schema(base):
+    # validate_config refuses unknown keys; this pins that config.yaml and the schema agree.
+    validate_config(base)
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    assert set(base) <= set(schema["properties"])
+
+
+def test_snakemake_reports_the_key_before_any_job(tmp_path):
+    overlay = tmp_path / "bad.yaml"
+    overlay.write_text("backbones:\n  bert: {model: bert-base-uncased, lr: 3e-5, batch_size: 64}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", str(overlay)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "backbones.bert.lr" in proc.stdout + proc.stderr
+    assert "Job stats" not in proc.stdout + proc.stderr

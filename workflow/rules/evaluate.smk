@@ -1,0 +1,56 @@
+# Students -> metrics JSON (STS + alignment/uniformity; SentEval transfer tasks for the cells that need them).
+
+
+def cell_args(w):
+    cell = cell_of(w)
+    pairs = {**cell.as_dict(), "seed": w.seed}
+    return " ".join(shlex_quote(f"{k}={v}") for k, v in pairs.items())
+
+
+EVAL_CODE = code_version("evaluate", "encoding", "sts", "alignment", "transfer", "senteval_data")
+
+
+rule evaluate_sts:
+    input:
+        model=f"results/students/{CELL}/seed~{{seed}}/model",
+        senteval=SENTEVAL,
+    output:
+        f"results/metrics/{CELL}/seed~{{seed}}.sts.json",
+    log:
+        f"logs/evaluate/{CELL}/seed~{{seed}}.sts.log",
+    benchmark:
+        f"results/benchmarks/evaluate/{CELL}/seed~{{seed}}.sts.tsv"
+    params:
+        cell=cell_args,
+        pooling=config["train"]["pooling"],
+        batch_size=config["evaluate"]["batch_size"],
+        code=EVAL_CODE,
+    threads: 2
+    resources:
+        gpu=1,
+    shell:
+        "python -m kdmcse evaluate --model {input.model} --pooling {params.pooling} --tasks sts "
+        "--data {input.senteval} --batch-size {params.batch_size} --out {output} --cell {params.cell} 2> {log}"
+
+
+rule evaluate_transfer:
+    input:
+        model=f"results/students/{CELL}/seed~{{seed}}/model",
+        senteval=SENTEVAL,
+    output:
+        f"results/metrics/{CELL}/seed~{{seed}}.transfer.json",
+    log:
+        f"logs/evaluate/{CELL}/seed~{{seed}}.transfer.log",
+    benchmark:
+        f"results/benchmarks/evaluate/{CELL}/seed~{{seed}}.transfer.tsv"
+    params:
+        cell=cell_args,
+        pooling=config["train"]["pooling"],
+        batch_size=config["evaluate"]["batch_size"],
+        code=EVAL_CODE,
+    threads: 2
+    resources:
+        gpu=1,
+    shell:
+        "python -m kdmcse evaluate --model {input.model} --pooling {params.pooling} --tasks transfer "
+        "--data {input.senteval} --batch-size {params.batch_size} --out {output} --cell {params.cell} 2> {log}"

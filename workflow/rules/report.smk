@@ -1,0 +1,54 @@
+# Metrics -> LaTeX/CSV tables and plots. Reads only metrics files, so it rebuilds in seconds.
+
+REPORT_INPUTS = {
+    "main": metrics_files(main_cells(config), "sts"),
+    "margin": metrics_files(ablation_cells(config, "margin"), "sts"),
+    "threshold": metrics_files(ablation_cells(config, "threshold"), "sts"),
+    "transfer": metrics_files(transfer_cells(config), "transfer"),
+}
+TABLES = ["main", "transfer", "ablation_margin", "ablation_threshold"]
+PLOTS = ["align_uniform", "ablation_margin", "ablation_threshold"]
+REPORT_OUTPUTS = (
+    [f"results/tables/{t}.{ext}" for t in TABLES for ext in ("tex", "csv")]
+    + [f"results/plots/{p}.{ext}" for p in PLOTS for ext in ("pdf", "png")]
+)
+
+
+rule report:
+    input:
+        **REPORT_INPUTS,
+    output:
+        main=report("results/tables/main.tex", caption="../report/main.rst", category="Tables"),
+        main_csv="results/tables/main.csv",
+        transfer=report("results/tables/transfer.tex", caption="../report/transfer.rst", category="Tables"),
+        transfer_csv="results/tables/transfer.csv",
+        margin=report(
+            "results/tables/ablation_margin.tex", caption="../report/ablation_margin.rst", category="Tables"
+        ),
+        margin_csv="results/tables/ablation_margin.csv",
+        threshold=report(
+            "results/tables/ablation_threshold.tex", caption="../report/ablation_threshold.rst", category="Tables"
+        ),
+        threshold_csv="results/tables/ablation_threshold.csv",
+        align_uniform_pdf="results/plots/align_uniform.pdf",
+        align_uniform=report("results/plots/align_uniform.png", caption="../report/align_uniform.rst", category="Plots"),
+        margin_plot_pdf="results/plots/ablation_margin.pdf",
+        margin_plot=report(
+            "results/plots/ablation_margin.png", caption="../report/ablation_plots.rst", category="Plots"
+        ),
+        threshold_plot_pdf="results/plots/ablation_threshold.pdf",
+        threshold_plot=report(
+            "results/plots/ablation_threshold.png", caption="../report/ablation_plots.rst", category="Plots"
+        ),
+    log:
+        "logs/report.log",
+    benchmark:
+        "results/benchmarks/report.tsv"
+    params:
+        paper="config/paper_results.yaml",
+        note=lambda w: (f"--caption-note {shlex_quote(config['report']['caption_note'])}" if config["report"]["caption_note"] else ""),
+        code=code_version("report", "tables", "plots", "significance", "metrics_io"),
+    shell:
+        "python -m kdmcse report --main {input.main} --margin-ablation {input.margin} "
+        "--threshold-ablation {input.threshold} --transfer {input.transfer} --paper {params.paper} "
+        "--tables results/tables --plots results/plots {params.note} 2> {log}"

@@ -1,0 +1,40 @@
+# Corpora + teacher cache -> one student per (cell, seed).
+
+
+def train_inputs(w):
+    cell = cell_of(w)
+    inputs = {"text": "results/corpora/wiki.parquet", "senteval": SENTEVAL}
+    pairs = config["datasets"][cell.dataset]["pairs"]
+    if cell.objective != "simcse" and pairs:
+        inputs["pairs"] = f"results/corpora/captions_{pairs}.parquet"
+        inputs["teacher"] = f"results/teacher/{pairs}/{config['teacher']}/captions.parquet"
+    return inputs
+
+
+def train_pair_args(w, input):
+    if "pairs" not in input.keys():
+        return ""
+    return f"--pairs {shlex_quote(input.pairs)} --teacher {shlex_quote(str(Path(input.teacher).parent))}"
+
+
+rule train:
+    input:
+        unpack(train_inputs),
+    output:
+        model=directory(f"results/students/{CELL}/seed~{{seed}}/model"),
+        meta=f"results/students/{CELL}/seed~{{seed}}/run_meta.json",
+    log:
+        f"logs/train/{CELL}/seed~{{seed}}.log",
+    benchmark:
+        f"results/benchmarks/train/{CELL}/seed~{{seed}}.tsv"
+    params:
+        run_config=lambda w: json.dumps(run_config(config, cell_of(w)), sort_keys=True),
+        pair_args=train_pair_args,
+        out_dir=lambda w: student_dir(cell_of(w), w.seed),
+        code=code_version("train", "model", "losses", "mixing", "checkpoint", "distributed"),
+    threads: 4
+    resources:
+        gpu=1,
+    shell:
+        "python -m kdmcse train --run-config {params.run_config:q} --text {input.text} {params.pair_args} "
+        "--senteval {input.senteval} --seed {wildcards.seed} --out {params.out_dir} 2> {log}"
