@@ -143,3 +143,11 @@ def test_snakemake_reports_the_key_before_any_job(tmp_path):
     assert proc.returncode != 0
     assert "backbones.bert.lr" in proc.stdout + proc.stderr
     assert "Job stats" not in proc.stdout + proc.stderr
+
+
+def test_config_readme_is_generated_from_the_schema():
+    from kdmcse.config import CONFIG_README_HEAD, schema_docs
+
+    readme = (ROOT / "config" / "README.md").read_text()
+    assert readme == CONFIG_README_HEAD + schema_docs(), "regenerate: python -m kdmcse config --docs > config/README.md"
+    assert "`train.inter_reduction`" in readme and "`sum`" in readme
