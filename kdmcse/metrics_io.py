@@ -1,0 +1,155 @@
+"""Read the metrics JSON files written by `evaluate` into flat per-seed records for the report.
+
+Only the numbers the tables and plots need are pulled out; the files are validated first so a wrong file
+(e.g. a transfer file passed as an STS file) fails with one clear message before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+from kdmcse.errors import KdmcseError
+
+log = logging.getLogger(__name__)
+
+# Table column -> how it is found in the `sts` section (STS12–16 use SentEval's "all" aggregation, method.md §5.2).
+STS_COLUMNS: tuple[str, ...] = ("STS12", "STS13", "STS14", "STS15", "STS16", "STS-B", "SICK-R", "Avg")
+_STS_SOURCES: dict[str, tuple[str, str]] = {
+    "STS12": ("STS12", "all"),
+    "STS13": ("STS13", "all"),
+    "STS14": ("STS14", "all"),
+    "STS15": ("STS15", "all"),
+    "STS16": ("STS16", "all"),
+    "STS-B": ("STSBenchmark", "spearman"),
+    "SICK-R": ("SICKRelatedness", "spearman"),
+}
+TRANSFER_COLUMNS: tuple[str, ...] = ("MR", "CR", "SUBJ", "MPQA", "SST2", "TREC", "MRPC", "Avg")
+
+Section = Literal["sts", "transfer"]
+
+# A configuration is the cell without its seed; values are made hashable so configurations can key dicts.
+ConfigKey = tuple[tuple[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class MetricsRecord:
+    """The numbers of one metrics file (one student, one seed)."""
+
+    path: Path
+    cell: dict[str, Any]  # without "seed"
+    seed: Any
+    sts: dict[str, float] = field(default_factory=dict)  # STS_COLUMNS -> value (NaN where absent)
+    transfer: dict[str, float] = field(default_factory=dict)  # TRANSFER_COLUMNS -> accuracy
+    align: float = math.nan  # align_uniform.mcse_batch.avg (the MCSE/KDMCSE protocol, method.md §5.3)
+    uniform: float = math.nan
+
+    @property
+    def config(self) -> ConfigKey:
+        return config_key(self.cell)
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    return value
+
+
+def config_key(cell: dict[str, Any]) -> ConfigKey:
+    return tuple(sorted((k, _hashable(v)) for k, v in cell.items() if k != "seed"))
+
+
+def _number(value: Any) -> float:
+    """A metric as float; null/missing/non-numeric become NaN (shown as "--" in the tables)."""
+    if isinstance(value, bool) or value is None:
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _rounded_avg(values: Iterable[float]) -> float:
+    # The original evaluation script averages the 2-decimal strings (method.md §5.2, §7.13).
+    vals = [round(v, 2) for v in values]
+    return sum(vals) / len(vals) if vals else math.nan
+
+
+def _parse_sts(sts: dict[str, Any], path: Path) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for col, (task, key) in _STS_SOURCES.items():
+        entry = sts.get(task)
+        if entry is None:
+            log.warning("%s: sts.%s is missing; shown as --", path, task)
+        out[col] = _number(entry.get(key) if isinstance(entry, dict) else None)
+    if "avg" in sts:
+        out["Avg"] = _number(sts["avg"])
+    else:
+        out["Avg"] = _rounded_avg(out[c] for c in _STS_SOURCES)
+    return out
+
+
+def _parse_transfer(transfer: dict[str, Any], path: Path) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for col in TRANSFER_COLUMNS[:-1]:
+        entry = transfer.get(col)
+        if entry is None:
+            log.warning("%s: transfer.%s is missing; shown as --", path, col)
+        out[col] = _number(entry.get("acc") if isinstance(entry, dict) else None)
+    if "avg" in transfer:
+        out["Avg"] = _number(transfer["avg"])
+    else:
+        vals = [out[c] for c in TRANSFER_COLUMNS[:-1]]
+        out["Avg"] = sum(vals) / len(vals)
+    return out
+
+
+def read_metrics(path: str | Path, require: Section | None = None) -> MetricsRecord:
+    """Parse one metrics JSON; `require` names the section the caller's table needs."""
+    path = Path(path)
+    if not path.is_file():
+        raise KdmcseError(f"metrics file {path} does not exist; run `python -m kdmcse evaluate` for it first")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise KdmcseError(f"metrics file {path} is not valid JSON ({exc}); re-run `evaluate` to rewrite it") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("cell"), dict):
+        raise KdmcseError(f"metrics file {path} has no 'cell' object; pass `--cell key=value …` to `evaluate`")
+    cell = dict(data["cell"])
+    if "seed" not in cell:
+        raise KdmcseError(f"metrics file {path}: cell has no 'seed'; pass `--cell seed=N` to `evaluate`")
+    seed = cell.pop("seed")
+    if require is not None and not isinstance(data.get(require), dict):
+        flag = "sts" if require == "sts" else "transfer"
+        raise KdmcseError(
+            f"metrics file {path} has no '{require}' section; it is needed for this table "
+            f"(write it with `evaluate --tasks {flag}` or pass the file under the right report flag)"
+        )
+    sts = _parse_sts(data["sts"], path) if isinstance(data.get("sts"), dict) else {}
+    transfer = _parse_transfer(data["transfer"], path) if isinstance(data.get("transfer"), dict) else {}
+    align = uniform = math.nan
+    batch_avg = ((data.get("align_uniform") or {}).get("mcse_batch") or {}).get("avg")
+    if isinstance(batch_avg, dict):
+        align, uniform = _number(batch_avg.get("align")), _number(batch_avg.get("uniform"))
+    return MetricsRecord(path=path, cell=cell, seed=seed, sts=sts, transfer=transfer, align=align, uniform=uniform)
+
+
+def read_metrics_group(paths: Iterable[str | Path], require: Section | None = None) -> list[MetricsRecord]:
+    """Read a group of files; two files for the same configuration and seed are an error (ambiguous)."""
+    records = [read_metrics(p, require) for p in paths]
+    seen: dict[tuple[ConfigKey, Any], Path] = {}
+    for rec in records:
+        key = (rec.config, _hashable(rec.seed))
+        if key in seen:
+            raise KdmcseError(
+                f"metrics files {seen[key]} and {rec.path} have the same cell and seed {rec.seed!r}; "
+                "pass each student's metrics once per table"
+            )
+        seen[key] = rec.path
+    return records

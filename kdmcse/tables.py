@@ -1,0 +1,509 @@
+"""Seed aggregation and the report tables (LaTeX booktabs + CSV).
+
+Conventions, the same for every table:
+- a cell is the mean ± sample std (ddof=1) over seeds; with one finite value only the mean is shown;
+- a NaN in one seed is left out (nanmean) and lowers that cell's n; n is shown (superscript) wherever it is
+  below the number of distinct seeds in the table; a cell with no finite value shows "--" and is never bold;
+- bold marks the best mean (at the shown 2 decimals, ties all bold) per column among our rows;
+- reported rows come from config/paper_results.yaml: the first entry matching a row of ours is shown under it,
+  with a Δ row (ours − reported); later matches are listed in the notes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+import numpy as np
+import pandas as pd
+
+from kdmcse.errors import KdmcseError
+from kdmcse.io import atomic_path
+from kdmcse.metrics_io import STS_COLUMNS, TRANSFER_COLUMNS, ConfigKey, MetricsRecord, Section
+from kdmcse.paper_results import PaperEntry
+from kdmcse.significance import PairedTest, format_test, paired_seed_test
+
+OBJECTIVE_NAMES = {"simcse": "SimCSE", "mcse": "MCSE", "kdmcse": "KDMCSE"}
+BACKBONE_NAMES = {"bert": "BERT", "roberta": "RoBERTa"}
+_OBJECTIVE_ORDER = ["simcse", "mcse", "kdmcse"]
+_BACKBONE_ORDER = ["bert", "roberta"]
+_DATASET_ORDER = ["wiki", "wiki+flickr", "wiki+coco"]
+_IDENTITY = ("objective", "backbone", "dataset")
+
+
+# ---------------------------------------------------------------- aggregation
+
+
+@dataclass(frozen=True)
+class CellStat:
+    mean: float
+    std: float  # NaN when n < 2 (undefined)
+    n: int  # finite values that went into the mean
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> "CellStat":
+        arr = np.asarray([v for v in values if math.isfinite(v)], dtype=float)
+        n = int(arr.size)
+        mean = float(arr.mean()) if n else math.nan
+        std = float(arr.std(ddof=1)) if n >= 2 else math.nan
+        return cls(mean, std, n)
+
+
+@dataclass
+class ConfigStats:
+    """All seeds of one configuration (cell without seed) for one table."""
+
+    cell: dict[str, Any]
+    key: ConfigKey
+    seeds: list[Any]
+    per_seed: dict[str, dict[Any, float]]  # column -> seed -> value
+    stats: dict[str, CellStat]
+
+
+def _seed_order(seed: Any) -> tuple[str, Any]:
+    return (type(seed).__name__, seed)
+
+
+def aggregate(records: list[MetricsRecord], section: Section, columns: tuple[str, ...]) -> list[ConfigStats]:
+    """Group per-seed records by configuration and summarise every column."""
+    groups: dict[ConfigKey, list[MetricsRecord]] = {}
+    for rec in records:
+        groups.setdefault(rec.config, []).append(rec)
+    out = []
+    for key, recs in groups.items():
+        recs = sorted(recs, key=lambda r: _seed_order(r.seed))
+        per_seed = {c: {r.seed: getattr(r, section).get(c, math.nan) for r in recs} for c in columns}
+        out.append(
+            ConfigStats(
+                cell=dict(recs[0].cell),
+                key=key,
+                seeds=[r.seed for r in recs],
+                per_seed=per_seed,
+                stats={c: CellStat.of(per_seed[c].values()) for c in columns},
+            )
+        )
+    return out
+
+
+def _rank(value: Any, order: list[str]) -> tuple[int, str]:
+    text = str(value)
+    return (order.index(text), "") if text in order else (len(order), text)
+
+
+def axis_sort_key(value: Any) -> tuple[int, float, str]:
+    """"off"/None first, then numbers ascending, then any other text."""
+    if value is None or (isinstance(value, str) and value.lower() == "off"):
+        return (0, 0.0, "")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (1, float(value), "")
+    try:
+        return (1, float(value), "")
+    except (TypeError, ValueError):
+        return (2, 0.0, str(value))
+
+
+def display_value(value: Any) -> str:
+    if value is None:
+        return "off"
+    if isinstance(value, float) and value.is_integer():
+        return f"{value:g}"
+    return str(value)
+
+
+# ---------------------------------------------------------------- table model
+
+
+RowKind = Literal["header", "ours", "reported", "diff", "empty"]
+
+
+@dataclass
+class Row:
+    kind: RowKind
+    lead: list[str]  # texts of the leading (label) columns; header/empty rows use lead[0] only
+    fields: dict[str, Any] = field(default_factory=dict)  # identity columns for the CSV
+    stats: dict[str, CellStat] = field(default_factory=dict)  # ours
+    values: dict[str, float] = field(default_factory=dict)  # reported / diff
+
+
+@dataclass
+class Table:
+    name: str  # file stem
+    caption: str
+    label: str
+    lead_headers: list[str]
+    columns: tuple[str, ...]
+    rows: list[Row]
+    notes: list[str]
+    expected_n: int
+    extras: dict[str, Any] = field(default_factory=dict)  # e.g. significance results
+
+    def best(self) -> dict[str, float]:
+        """Best (rounded) mean per column among our rows; NaN when the column has none."""
+        out = {}
+        for col in self.columns:
+            vals = [round(r.stats[col].mean, 2) for r in self.rows if r.kind == "ours" and r.stats[col].n > 0]
+            out[col] = max(vals) if vals else math.nan
+        return out
+
+
+# ---------------------------------------------------------------- building
+
+
+def _config_label(cfg: ConfigStats) -> str:
+    return " ".join(
+        [
+            OBJECTIVE_NAMES.get(str(cfg.cell.get("objective")), str(cfg.cell.get("objective", "?"))),
+            BACKBONE_NAMES.get(str(cfg.cell.get("backbone")), str(cfg.cell.get("backbone", "?"))),
+            str(cfg.cell.get("dataset", "?")),
+        ]
+    )
+
+
+def _extra_keys(configs: list[ConfigStats]) -> list[str]:
+    """Cell keys beyond objective/backbone/dataset that tell apart configs sharing those three."""
+    by_identity: dict[tuple, list[ConfigStats]] = {}
+    for c in configs:
+        by_identity.setdefault(tuple(str(c.cell.get(k)) for k in _IDENTITY), []).append(c)
+    keys: set[str] = set()
+    for group in by_identity.values():
+        if len(group) > 1:
+            for k in {k for c in group for k in c.cell} - set(_IDENTITY):
+                if len({repr(c.cell.get(k)) for c in group}) > 1:
+                    keys.add(k)
+    return sorted(keys)
+
+
+def _cell_fields(cell: dict[str, Any]) -> dict[str, Any]:
+    return {k: display_value(v) if k == "threshold" else v for k, v in cell.items()}
+
+
+def _main_like_rows(
+    configs: list[ConfigStats], columns: tuple[str, ...], paper: list[PaperEntry], paper_table: str
+) -> tuple[list[Row], list[str]]:
+    """Rows grouped by backbone: our configs (dataset order, objective order), each with its reported row."""
+    extra = _extra_keys(configs)
+    configs = sorted(
+        configs,
+        key=lambda c: (
+            _rank(c.cell.get("backbone"), _BACKBONE_ORDER),
+            _rank(c.cell.get("dataset"), _DATASET_ORDER),
+            _rank(c.cell.get("objective"), _OBJECTIVE_ORDER),
+            tuple(axis_sort_key(c.cell.get(k)) for k in extra),
+        ),
+    )
+    rows: list[Row] = []
+    other_matches: list[str] = []
+    entries = [p for p in paper if p.table == paper_table]
+    current_backbone = object()
+    for cfg in configs:
+        backbone = cfg.cell.get("backbone")
+        if backbone != current_backbone:
+            current_backbone = backbone
+            rows.append(Row("header", [BACKBONE_NAMES.get(str(backbone), str(backbone))]))
+        label = OBJECTIVE_NAMES.get(str(cfg.cell.get("objective")), str(cfg.cell.get("objective")))
+        if extra:
+            label += " (" + ", ".join(f"{k}={display_value(cfg.cell.get(k))}" for k in extra) + ")"
+        fields = {"kind": "ours", **_cell_fields(cfg.cell), "label": label,
+                  "seeds": " ".join(map(str, cfg.seeds)), "source": "this run", "trust": ""}
+        rows.append(Row("ours", [label, str(cfg.cell.get("dataset", ""))], fields, stats=cfg.stats))
+        matches = [p for p in entries if p.matches(cfg.cell)]
+        if not matches:
+            continue
+        first, rest = matches[0], matches[1:]
+        ident = {k: cfg.cell.get(k) for k in _IDENTITY}
+        rows.append(
+            Row(
+                "reported",
+                [f"reported [{first.trust}]", ""],
+                {"kind": "reported", **ident, "label": first.label, "seeds": "",
+                 "source": f"method.md §{first.section}: {first.source}", "trust": first.trust},
+                values={c: first.value(c) for c in columns},
+            )
+        )
+        rows.append(
+            Row(
+                "diff",
+                ["Δ ours − reported", ""],
+                {"kind": "diff", **_cell_fields(cfg.cell), "label": f"{label} − {first.label}", "seeds": "",
+                 "source": f"ours − method.md §{first.section}", "trust": first.trust},
+                values={c: cfg.stats[c].mean - first.value(c) for c in columns},
+            )
+        )
+        for p in rest:
+            shown = ", ".join(f"{c} {p.values[c]:g}" for c in columns if c in p.values)
+            key = f"{p.label}, {p.dataset}: {shown} [{p.trust}, method.md §{p.section}: {p.source}]"
+            if key not in other_matches:
+                other_matches.append(key)
+    return rows, other_matches
+
+
+def _convention_notes(configs: list[ConfigStats], columns: tuple[str, ...], expected_n: int) -> list[str]:
+    seeds = sorted({s for c in configs for s in c.seeds}, key=_seed_order)
+    notes = [
+        f"Mean ± sample std (ddof=1) over {expected_n} seed(s) ({', '.join(map(str, seeds))}); "
+        "bold: best of our rows per column; -- : no finite value."
+    ]
+    if expected_n == 1:
+        notes.append("Single seed: std is undefined and not shown.")
+    short = any(c.stats[col].n < expected_n for c in configs for col in columns)
+    if short:
+        notes.append(
+            f"A superscript n marks cells with fewer than {expected_n} values (a missing seed, or a NaN metric, "
+            "which is left out of the mean); with n=1 only the mean is shown (std undefined)."
+        )
+    return notes
+
+
+def _empty_table(name: str, caption: str, label: str, lead: list[str], columns: tuple[str, ...], what: str) -> Table:
+    return Table(name, caption, label, lead, columns, [Row("empty", [f"No metrics files were given for {what}."])],
+                 [], 0)
+
+
+def _with_note(caption: str, note: str) -> str:
+    return f"{caption} {note}".strip() if note else caption
+
+
+def significance_tests(configs: list[ConfigStats]) -> list[tuple[dict[str, Any], PairedTest]]:
+    """KDMCSE against MCSE for each (dataset, backbone) on STS Avg, paired by seed."""
+    out = []
+    for kd in configs:
+        if kd.cell.get("objective") != "kdmcse":
+            continue
+        for base in configs:
+            if base.cell.get("objective") != "mcse":
+                continue
+            if any(base.cell.get(k) != kd.cell.get(k) for k in ("dataset", "backbone")):
+                continue
+            test = paired_seed_test(kd.per_seed["Avg"], base.per_seed["Avg"])
+            info = {"dataset": kd.cell.get("dataset"), "backbone": kd.cell.get("backbone"),
+                    "treatment": _config_label(kd), "baseline": _config_label(base)}
+            out.append((info, test))
+    return out
+
+
+def build_main_table(records: list[MetricsRecord], paper: list[PaperEntry], note: str = "") -> Table:
+    caption = _with_note("STS results (Spearman ×100; STS12–16 'all', STS-B and SICK-R test, unsupervised cosine).",
+                         note)
+    lead = ["Model", "Data"]
+    if not records:
+        return _empty_table("main", caption, "tab:main", lead, STS_COLUMNS, "the main STS table")
+    configs = aggregate(records, "sts", STS_COLUMNS)
+    expected_n = len({s for c in configs for s in c.seeds})
+    rows, others = _main_like_rows(configs, STS_COLUMNS, paper, "sts")
+    notes = _convention_notes(configs, STS_COLUMNS, expected_n)
+    if paper:
+        notes.append("Reported rows: config/paper_results.yaml (source and trust tag per row; method.md §0 rates "
+                     "the tags); Δ = ours − reported.")
+    else:
+        notes.append("No reported numbers were given (--paper).")
+    if others:
+        notes.append("Also reported for these settings: " + "; ".join(others) + ".")
+    tests = significance_tests(configs)
+    if tests:
+        for info, t in tests:
+            notes.append(f"Paired test over seeds, {info['treatment']} vs {info['baseline']} on STS Avg: "
+                         f"{format_test(t)}.")
+    else:
+        notes.append("Significance: no KDMCSE/MCSE pair with the same dataset and backbone; not testable.")
+    return Table("main", caption, "tab:main", lead, STS_COLUMNS, rows, notes, expected_n, {"significance": tests})
+
+
+def build_transfer_table(records: list[MetricsRecord], paper: list[PaperEntry], note: str = "") -> Table:
+    caption = _with_note("SentEval transfer tasks (test accuracy %, MRPC accuracy).", note)
+    lead = ["Model", "Data"]
+    if not records:
+        return _empty_table("transfer", caption, "tab:transfer", lead, TRANSFER_COLUMNS, "the transfer table")
+    configs = aggregate(records, "transfer", TRANSFER_COLUMNS)
+    expected_n = len({s for c in configs for s in c.seeds})
+    rows, others = _main_like_rows(configs, TRANSFER_COLUMNS, paper, "transfer")
+    notes = _convention_notes(configs, TRANSFER_COLUMNS, expected_n)
+    if paper:
+        notes.append("Reported rows: config/paper_results.yaml (source and trust tag per row); Δ = ours − reported.")
+    if others:
+        notes.append("Also reported for these settings: " + "; ".join(others) + ".")
+    return Table("transfer", caption, "tab:transfer", lead, TRANSFER_COLUMNS, rows, notes, expected_n)
+
+
+def series_label(cell: dict[str, Any], axis: str) -> str:
+    """What stays fixed along an ablation axis, in words."""
+    parts = [
+        OBJECTIVE_NAMES.get(str(cell.get("objective")), str(cell.get("objective", "?"))),
+        BACKBONE_NAMES.get(str(cell.get("backbone")), str(cell.get("backbone", "?"))),
+        str(cell.get("dataset", "?")),
+    ]
+    rest = [f"{k}={display_value(v)}" for k, v in sorted(cell.items()) if k not in (*_IDENTITY, axis)]
+    return ", ".join(parts + rest)
+
+
+def group_by_series(configs: list[ConfigStats], axis: str) -> dict[str, list[ConfigStats]]:
+    """Series (everything but the axis) -> its configs sorted along the axis."""
+    series: dict[str, list[ConfigStats]] = {}
+    for c in configs:
+        series.setdefault(series_label(c.cell, axis), []).append(c)
+    return {k: sorted(v, key=lambda c: axis_sort_key(c.cell.get(axis))) for k, v in sorted(series.items())}
+
+
+def build_ablation_table(
+    records: list[MetricsRecord], axis: str, main_keys: set[ConfigKey] | None = None, note: str = ""
+) -> Table:
+    """One row per value of `axis` (margin or threshold), grouped by what stays fixed."""
+    axis_title = axis.capitalize()
+    caption = _with_note(f"Ablation over the {axis}: STS Spearman ×100, other settings fixed.", note)
+    name = f"ablation_{axis}"
+    if not records:
+        return _empty_table(name, caption, f"tab:{name}", [axis_title], STS_COLUMNS, f"the {axis} ablation")
+    missing = [str(r.path) for r in records if axis not in r.cell]
+    if missing:
+        raise KdmcseError(f"{axis} ablation: cell of {missing[0]} has no '{axis}' key; pass `--cell {axis}=…` to "
+                          "`evaluate`")
+    configs = aggregate(records, "sts", STS_COLUMNS)
+    expected_n = len({s for c in configs for s in c.seeds})
+    main_keys = main_keys or set()
+    rows: list[Row] = []
+    for series, cfgs in group_by_series(configs, axis).items():
+        rows.append(Row("header", [series]))
+        for cfg in cfgs:
+            value = display_value(cfg.cell.get(axis))
+            shown = value + (" (main)" if cfg.key in main_keys else "")
+            fields = {"kind": "ours", "series": series, **_cell_fields(cfg.cell), axis: value,
+                      "seeds": " ".join(map(str, cfg.seeds)), "main_setting": cfg.key in main_keys}
+            rows.append(Row("ours", [shown], fields, stats=cfg.stats))
+    notes = _convention_notes(configs, STS_COLUMNS, expected_n)
+    if any(r.fields.get("main_setting") for r in rows):
+        notes.append("(main): the setting of the main table.")
+    return Table(name, caption, f"tab:{name}", [axis_title], STS_COLUMNS, rows, notes, expected_n)
+
+
+# ---------------------------------------------------------------- rendering
+
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "±": r"$\pm$", "−": r"$-$", "Δ": r"$\Delta$", "×": r"$\times$", "≥": r"$\geq$", "–": "--", "§": r"\S{}",
+    "<": r"$<$", ">": r"$>$",
+}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def format_stat(stat: CellStat, expected_n: int, bold: bool = False) -> str:
+    """Mean (bold if best) with n where short; the std goes under it, small, so 8 columns fit a page."""
+    if stat.n == 0:
+        return "--"
+    text = f"{stat.mean:.2f}"
+    if bold:
+        text = rf"\textbf{{{text}}}"
+    if stat.n < expected_n:
+        text += rf"$^{{n={stat.n}}}$"
+    if stat.n >= 2:
+        text = rf"\begin{{tabular}}[c]{{@{{}}c@{{}}}}{text}\\[-2pt]{{\scriptsize$\pm${stat.std:.2f}}}\end{{tabular}}"
+    return text
+
+
+def _format_plain(value: float, signed: bool) -> str:
+    if not math.isfinite(value):
+        return "--"
+    if signed:
+        return f"{value:+.2f}".replace("-", "$-$")
+    # reported numbers keep their published precision (1 or 2 decimals)
+    return f"{value:.1f}" if round(value, 1) == value else f"{value:.2f}"
+
+
+def render_tex(table: Table) -> str:
+    ncols = len(table.lead_headers) + len(table.columns)
+    best = table.best()
+    lines = [
+        f"% {table.name}.tex, written by `python -m kdmcse report` from metrics JSON files; do not edit.",
+        r"% Needs \usepackage{booktabs} in the preamble; use it with \input{" + table.name + "}.",
+        r"\begin{table}[htbp]",
+        r"\centering",
+        r"\footnotesize",
+        r"\setlength{\tabcolsep}{3pt}",
+        rf"\caption{{{latex_escape(table.caption)}}}",
+        rf"\label{{{table.label}}}",
+        r"\begin{tabular}{" + "l" * len(table.lead_headers) + "c" * len(table.columns) + "}",
+        r"\toprule",
+        " & ".join(latex_escape(h) for h in [*table.lead_headers, *table.columns]) + r" \\",
+        r"\midrule",
+    ]
+    for i, row in enumerate(table.rows):
+        if row.kind == "header":
+            if i > 0:
+                lines.append(r"\midrule")
+            lines.append(rf"\multicolumn{{{ncols}}}{{l}}{{\textit{{{latex_escape(row.lead[0])}}}}} \\")
+        elif row.kind == "empty":
+            lines.append(rf"\multicolumn{{{ncols}}}{{c}}{{{latex_escape(row.lead[0])}}} \\")
+        elif row.kind == "ours":
+            cells = [latex_escape(t) for t in row.lead]
+            for col in table.columns:
+                st = row.stats[col]
+                is_best = st.n > 0 and math.isfinite(best[col]) and round(st.mean, 2) == best[col]
+                cells.append(format_stat(st, table.expected_n, bold=is_best))
+            lines.append(" & ".join(cells) + r" \\")
+        else:
+            signed = row.kind == "diff"
+            cells = [r"\quad\textit{" + latex_escape(row.lead[0]) + "}", *map(latex_escape, row.lead[1:])]
+            cells += [_format_plain(row.values[c], signed) for c in table.columns]
+            lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if table.notes:
+        lines += [r"\par\smallskip", r"\begin{minipage}{\linewidth}\scriptsize"]
+        lines += [latex_escape(n) + r"\par" for n in table.notes]
+        lines.append(r"\end{minipage}")
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+def table_frame(table: Table) -> pd.DataFrame:
+    """The CSV form: identity columns, then <col>_mean, <col>_std, <col>_n per metric column."""
+    records = []
+    for row in table.rows:
+        if row.kind in ("header", "empty"):
+            continue
+        rec = dict(row.fields)
+        for col in table.columns:
+            if row.kind == "ours":
+                st = row.stats[col]
+                rec.update({f"{col}_mean": st.mean, f"{col}_std": st.std, f"{col}_n": st.n})
+            else:
+                rec.update({f"{col}_mean": row.values[col], f"{col}_std": math.nan, f"{col}_n": pd.NA})
+        records.append(rec)
+    metric_cols = [f"{c}_{s}" for c in table.columns for s in ("mean", "std", "n")]
+    frame = pd.DataFrame.from_records(records)
+    if frame.empty:
+        return pd.DataFrame(columns=["kind", *metric_cols])
+    lead = [c for c in frame.columns if c not in metric_cols]
+    return frame[lead + metric_cols]
+
+
+def significance_frame(tests: list[tuple[dict[str, Any], PairedTest]]) -> pd.DataFrame:
+    cols = ["dataset", "backbone", "treatment", "baseline", "metric", "n", "seeds", "mean_diff", "t_stat",
+            "t_p", "wilcoxon_p", "note"]
+    rows = [
+        {**info, "metric": "STS Avg", "n": t.n, "seeds": " ".join(map(str, t.seeds)), "mean_diff": t.mean_diff,
+         "t_stat": t.t_stat, "t_p": t.t_p, "wilcoxon_p": t.wilcoxon_p, "note": t.note}
+        for info, t in tests
+    ]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path, suffix=path.suffix + ".tmp") as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_frame(path: Path, frame: pd.DataFrame) -> None:
+    with atomic_path(path, suffix=".csv.tmp") as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def write_table(table: Table, out_dir: Path) -> list[Path]:
+    out_dir = Path(out_dir)
+    tex, csv = out_dir / f"{table.name}.tex", out_dir / f"{table.name}.csv"
+    write_text(tex, render_tex(table))
+    write_frame(csv, table_frame(table))
+    return [tex, csv]
