@@ -1,0 +1,147 @@
+"""`python -m kdmcse evaluate`: STS (+ alignment/uniformity) and transfer metrics of one encoder, as JSON and CSV.
+
+    python -m kdmcse evaluate --model DIR_OR_ID --pooling cls_before_pooler --tasks sts,transfer \
+        --data resources/senteval --out FILE.json [--csv FILE.csv] [--cell key=value …] [--batch-size 128] \
+        [--device auto]
+
+The JSON layout is docs/architecture.md §5; the CSV is the same content flattened into one row (cell keys as
+their own columns, then `model`, `pooling` and dotted metric paths such as `sts.STS12.all`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import time
+from pathlib import Path
+
+from kdmcse.encoding import POOLINGS, load_encoder, resolve_device, resolve_model_dir
+from kdmcse.errors import KdmcseError
+from kdmcse.io import atomic_path, write_json
+from kdmcse.senteval_data import check_files, sts_files, transfer_files
+
+log = logging.getLogger(__name__)
+
+TASK_FAMILIES = ("sts", "transfer")
+RESERVED_COLUMNS = {"model", "pooling"}
+
+
+def parse_tasks(text: str) -> list[str]:
+    tasks = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in tasks if t not in TASK_FAMILIES]
+    if not tasks or bad:
+        raise KdmcseError(f"--tasks {text!r}: use sts, transfer or sts,transfer")
+    return [t for t in TASK_FAMILIES if t in tasks]
+
+
+def _parse_value(text: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_cell(pairs: list[str]) -> dict:
+    """`key=value` pairs -> dict, numbers parsed as numbers, everything else kept verbatim."""
+    cell: dict = {}
+    for item in pairs:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise KdmcseError(f"--cell {item!r}: expected key=value, e.g. --cell seed=0 objective=kdmcse")
+        if key in RESERVED_COLUMNS or "." in key:
+            raise KdmcseError(f"--cell key {key!r} is reserved or contains '.'; choose another name")
+        cell[key] = _parse_value(value)
+    return cell
+
+
+def flatten(obj: dict, prefix: str = "") -> dict:
+    flat: dict = {}
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def csv_row(metrics: dict) -> dict:
+    row = dict(metrics["cell"])
+    row["model"] = metrics["model"]
+    row["pooling"] = metrics["pooling"]
+    for family in ("sts", "align_uniform", "transfer"):
+        if family in metrics:
+            row.update(flatten(metrics[family], family + "."))
+    return row
+
+
+def write_csv(path: str | Path, row: dict) -> None:
+    with atomic_path(path, suffix=".csv.tmp") as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(row))
+            writer.writeheader()
+            writer.writerow(row)
+
+
+def run_evaluation(encoder, data_dir: str | Path, tasks: list[str]) -> dict:
+    """The metric blocks (`sts`, `align_uniform`, `transfer`) for the requested task families."""
+    from kdmcse.alignment import align_uniform
+    from kdmcse.sts import evaluate_sts
+
+    out: dict = {}
+    if "sts" in tasks:
+        t0 = time.perf_counter()
+        out["sts"], suite, emb = evaluate_sts(encoder, data_dir)
+        out["align_uniform"] = align_uniform(suite, emb)
+        log.info("STS done in %.1f s: avg %.2f", time.perf_counter() - t0, out["sts"]["avg"])
+    if "transfer" in tasks:
+        from kdmcse.transfer import evaluate_transfer  # heavy classifier code, only when asked for
+
+        t0 = time.perf_counter()
+        out["transfer"] = evaluate_transfer(encoder, data_dir)
+        log.info("transfer done in %.1f s: avg %.2f", time.perf_counter() - t0, out["transfer"]["avg"])
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m kdmcse evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="HF model folder, trained student folder, or hub id")
+    p.add_argument("--pooling", default="cls_before_pooler", choices=POOLINGS)
+    p.add_argument("--tasks", default="sts", help="sts, transfer or sts,transfer")
+    p.add_argument("--data", required=True, help="SentEval data folder (holds STS/, SICK/, MR/, …)")
+    p.add_argument("--out", required=True, help="metrics JSON to write")
+    p.add_argument("--csv", default=None, help="also write the metrics as a one-row CSV")
+    p.add_argument("--cell", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                   help="experiment cell copied verbatim into the metrics (numbers parsed as numbers)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # validate everything cheap before the model is loaded
+    tasks = parse_tasks(args.tasks)
+    cell = parse_cell(args.cell)
+    if args.batch_size < 1:
+        raise KdmcseError(f"--batch-size must be positive, got {args.batch_size}")
+    data = Path(args.data)
+    if not data.is_dir():
+        raise KdmcseError(f"--data {data}: no such folder; pass the SentEval data folder (holds STS/, SICK/, MR/, …)")
+    needed = (sts_files(data) if "sts" in tasks else []) + (transfer_files(data) if "transfer" in tasks else [])
+    check_files(needed)
+    resolve_model_dir(args.model)
+    device = resolve_device(args.device)
+
+    encoder = load_encoder(args.model, args.pooling, args.batch_size, device)
+    metrics = {"cell": cell, "model": str(args.model), "pooling": args.pooling}
+    metrics.update(run_evaluation(encoder, data, tasks))
+    if args.csv:  # the JSON last: it is the stage's main output
+        write_csv(args.csv, csv_row(metrics))
+    write_json(args.out, metrics)
+    log.info("wrote %s%s", args.out, f" and {args.csv}" if args.csv else "")
+    return 0
