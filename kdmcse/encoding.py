@@ -181,13 +181,12 @@ def _find_heads(model_dir: Path) -> Path | None:
 def load_mlp_head(heads_path: Path, hidden: int) -> torch.nn.Module | None:
     """The training MLP (`Linear(h, h) + Tanh`) from a student's heads.pt, or None if it holds none."""
     obj = torch.load(heads_path, map_location="cpu", weights_only=True)
-    state = obj.get("mlp", obj) if isinstance(obj, dict) else None
+    # kdmcse.model.save_student writes {"mlp": TanhHead state dict ({"linear.weight", "linear.bias"}), …}
+    state = obj.get("mlp") if isinstance(obj, dict) else None
     if not isinstance(state, dict):
         return None
     flat = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-    # accept `weight`/`bias`, `dense.weight`, `mlp.dense.weight`, …: the one square hidden x hidden linear layer
-    weights = [k for k, v in flat.items() if k.endswith("weight") and tuple(v.shape) == (hidden, hidden)
-               and (k.count(".") == 0 or "mlp" in k or k.startswith("dense"))]
+    weights = [k for k, v in flat.items() if k.endswith("weight") and tuple(v.shape) == (hidden, hidden)]
     if len(weights) != 1:
         return None
     key = weights[0]
