@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from kdmcse.io import atomic_path
 from kdmcse.metrics_io import STS_COLUMNS, MetricsRecord
-from kdmcse.tables import aggregate, axis_sort_key, display_value, group_by_series, series_label
+from kdmcse.tables import aggregate, axis_sort_key, display_value, group_by_series, short_labels
 
 
 @dataclass
@@ -29,7 +29,7 @@ class PlotResult:
 
 def _title(text: str, note: str) -> str:
     full = f"{text} {note}".strip() if note else text
-    return "\n".join(textwrap.wrap(full, 80))
+    return "\n".join(textwrap.wrap(full, 70))
 
 
 def _new_figure(size: tuple[float, float]) -> Figure:
@@ -55,17 +55,18 @@ def plot_align_uniform(records: list[MetricsRecord], note: str = "") -> PlotResu
     for rec in records:
         if math.isfinite(rec.align) and math.isfinite(rec.uniform):
             by_config.setdefault(rec.config, []).append(rec)
-    for recs in by_config.values():
+    labels = short_labels([recs[0].cell for recs in by_config.values()])
+    for recs, label in zip(by_config.values(), labels):
         aligns, uniforms = [r.align for r in recs], [r.uniform for r in recs]
         points.append({
-            "label": series_label(recs[0].cell, axis=""), "n": len(recs),
+            "label": label, "n": len(recs),
             "align": float(np.mean(aligns)), "align_std": _std(aligns),
             "uniform": float(np.mean(uniforms)), "uniform_std": _std(uniforms),
         })
     frame = pd.DataFrame(points, columns=["label", "n", "align", "align_std", "uniform", "uniform_std"])
-    fig = _new_figure((6.4, 4.8))
+    fig = _new_figure((7.0, 5.0))
     ax = fig.add_subplot()
-    ax.set_title(_title("Alignment vs uniformity (STS, MCSE per-batch protocol): lower-left is better.", note),
+    ax.set_title(_title("Alignment vs uniformity: lower-left is better (STS test pairs, MCSE per-batch protocol).", note),
                  fontsize=9)
     if frame.empty:
         _no_data(ax, "no metrics file with align_uniform.mcse_batch")
@@ -74,14 +75,17 @@ def plot_align_uniform(records: list[MetricsRecord], note: str = "") -> PlotResu
                 yerr=frame["uniform_std"].fillna(0), fmt="none", ecolor="0.6", capsize=3, zorder=1)
     colours = [f"C{i % 10}" for i in range(len(frame))]
     ax.scatter(frame["align"], frame["uniform"], c=colours, zorder=2)
+    middle = (frame["align"].min() + frame["align"].max()) / 2
     for (_, row), colour in zip(frame.iterrows(), colours):
+        right_half = row["align"] > middle  # label towards the centre so it stays inside the axes
         ax.annotate(f"{row['label']} (n={row['n']})", (row["align"], row["uniform"]), textcoords="offset points",
-                    xytext=(5, 5), fontsize=7, color=colour)
+                    xytext=(-5 if right_half else 5, 5), ha="right" if right_half else "left", fontsize=7,
+                    color=colour, in_layout=False)
     ax.set_xlabel(r"$\ell_{\mathrm{align}}$ (lower is better)")
     ax.set_ylabel(r"$\ell_{\mathrm{uniform}}$ (lower is better)")
     ax.annotate("better", xy=(0.03, 0.03), xytext=(0.18, 0.18), xycoords="axes fraction",
                 textcoords="axes fraction", arrowprops={"arrowstyle": "->"}, fontsize=8)
-    ax.margins(0.2)
+    ax.margins(x=0.35, y=0.2)  # room for the labels, which are kept out of the layout
     return PlotResult(fig, frame)
 
 
@@ -118,7 +122,7 @@ def plot_ablation(records: list[MetricsRecord], axis: str, note: str = "") -> Pl
                     label=series)
         ax.fill_between(part["x"], part["min"], part["max"], color=colour, alpha=0.15, linewidth=0)
         points.extend(rows)
-    ax.set_xlabel(axis)
+    ax.set_xlabel({"margin": "margin (rad)", "threshold": "threshold (off = no filtering)"}.get(axis, axis))
     ax.set_ylabel("STS Avg (Spearman ×100)")
     if not numeric:
         ax.set_xticks([position[v] for v in values], [display_value(v) for v in values])

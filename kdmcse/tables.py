@@ -161,6 +161,23 @@ def _config_label(cfg: ConfigStats) -> str:
     )
 
 
+def short_labels(cells: list[dict[str, Any]]) -> list[str]:
+    """"KDMCSE BERT wiki+flickr", plus the keys that tell apart cells sharing those three."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for c in cells:
+        groups.setdefault(tuple(str(c.get(k)) for k in _IDENTITY), []).append(c)
+    out = []
+    for c in cells:
+        group = groups[tuple(str(c.get(k)) for k in _IDENTITY)]
+        keys = sorted(k for k in {k for g in group for k in g} - set(_IDENTITY)
+                      if len({repr(g.get(k)) for g in group}) > 1)
+        base = " ".join([OBJECTIVE_NAMES.get(str(c.get("objective")), str(c.get("objective", "?"))),
+                         BACKBONE_NAMES.get(str(c.get("backbone")), str(c.get("backbone", "?"))),
+                         str(c.get("dataset", "?"))])
+        out.append(base + "".join(f", {k}={display_value(c.get(k))}" for k in keys))
+    return out
+
+
 def _extra_keys(configs: list[ConfigStats]) -> list[str]:
     """Cell keys beyond objective/backbone/dataset that tell apart configs sharing those three."""
     by_identity: dict[tuple, list[ConfigStats]] = {}
