@@ -1,0 +1,114 @@
+"""Tiny inputs in the real formats for end-to-end runs: Wiki1M lines, a SentEval tar, a COCO-style image set.
+
+Everything is generated in-process (no network, nothing copied from the real data), small enough that the whole
+pipeline runs in a couple of minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import tarfile
+import zipfile
+
+from PIL import Image
+
+WORDS = (
+    "man woman dog cat two people street water red blue green white black young little playing sitting "
+    "standing walking running riding near front group boy girl child children ball grass snow car road"
+).split()
+
+STS_SUBSETS = {
+    "STS12": ["MSRpar", "MSRvid", "SMTeuroparl", "surprise.OnWN", "surprise.SMTnews"],
+    "STS13": ["FNWN", "headlines", "OnWN"],
+    "STS14": ["deft-forum", "deft-news", "headlines", "images", "OnWN", "tweet-news"],
+    "STS15": ["answers-forums", "answers-students", "belief", "headlines", "images"],
+    "STS16": ["answer-answer", "headlines", "plagiarism", "postediting", "question-question"],
+}
+
+
+def sentence(rng: random.Random, n: int | None = None) -> str:
+    return "a " + " ".join(rng.choice(WORDS) for _ in range(n or rng.randint(3, 9)))
+
+
+def pair_with_score(rng: random.Random) -> tuple[str, str, float]:
+    """A sentence pair whose gold score follows word overlap, so a model can do better than chance."""
+    s1 = sentence(rng)
+    words = s1.split()
+    keep = rng.randint(0, len(words))
+    s2_words = words[:keep] + [rng.choice(WORDS) for _ in range(len(words) - keep)]
+    return s1, " ".join(s2_words), round(5.0 * keep / len(words), 2)
+
+
+def wiki_text(n: int = 96, seed: int = 0) -> bytes:
+    rng = random.Random(seed)
+    return ("\n".join(sentence(rng) for _ in range(n)) + "\n").encode()
+
+
+def senteval_tar(pairs_per_file: int = 24, seed: int = 0) -> bytes:
+    """The `senteval.tar` layout (top-level STS/ and SICK/) with every STS subset, STS-B and SICK."""
+    rng = random.Random(seed)
+    files: dict[str, str] = {}
+    for year, subsets in STS_SUBSETS.items():
+        for sub in subsets:
+            rows = [pair_with_score(rng) for _ in range(pairs_per_file)]
+            files[f"STS/{year}-en-test/STS.input.{sub}.txt"] = "".join(f"{a}\t{b}\n" for a, b, _ in rows)
+            # Blank gold lines mark unscored pairs, as in the real STS15/16 files.
+            gold = [("" if i == 0 and year in ("STS15", "STS16") else f"{s}") for i, (_, _, s) in enumerate(rows)]
+            files[f"STS/{year}-en-test/STS.gs.{sub}.txt"] = "\n".join(gold) + "\n"
+    for split in ("train", "dev", "test"):
+        rows = [pair_with_score(rng) for _ in range(pairs_per_file * 2)]
+        files[f"STS/STSBenchmark/sts-{split}.csv"] = "".join(
+            f"main-captions\tMSRvid\t2012test\t{i:04d}\t{s}\t{a}\t{b}\n" for i, (a, b, s) in enumerate(rows)
+        )
+    for split in ("train", "trial", "test_annotated"):
+        rows = [pair_with_score(rng) for _ in range(pairs_per_file * 2)]
+        body = "pair_ID\tsentence_A\tsentence_B\trelatedness_score\tentailment_judgment\n"
+        body += "".join(f"{i}\t{a}\t{b}\t{1 + s * 0.8:.1f}\tNEUTRAL\n" for i, (a, b, s) in enumerate(rows))
+        files[f"SICK/SICK_{split}.txt"] = body
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, text in sorted(files.items()):
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def jpeg(seed: int, size: int = 48) -> bytes:
+    rng = random.Random(seed)
+    img = Image.new("RGB", (size, size), tuple(rng.randrange(256) for _ in range(3)))
+    for _ in range(6):
+        x, y = rng.randrange(size - 8), rng.randrange(size - 8)
+        img.paste(tuple(rng.randrange(256) for _ in range(3)), (x, y, x + 8, y + 8))
+    out = io.BytesIO()
+    img.save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def coco_archives(n_images: int = 8, captions_per_image: int = 3, seed: int = 0) -> tuple[bytes, bytes]:
+    """(annotations_trainval2014.zip, train2014.zip) in the COCO 2014 layout."""
+    rng = random.Random(seed)
+    images, annotations = [], []
+    img_zip = io.BytesIO()
+    with zipfile.ZipFile(img_zip, "w") as zf:
+        for i in range(1, n_images + 1):
+            name = f"COCO_train2014_{i:012d}.jpg"
+            zf.writestr(f"train2014/{name}", jpeg(seed * 1000 + i))
+            images.append({"id": i, "file_name": name, "width": 48, "height": 48})
+            for _ in range(captions_per_image):
+                annotations.append({"id": len(annotations) + 1, "image_id": i, "caption": sentence(rng)})
+    ann = {"info": {}, "licenses": [], "images": images, "annotations": annotations}
+    ann_zip = io.BytesIO()
+    with zipfile.ZipFile(ann_zip, "w") as zf:
+        zf.writestr("annotations/captions_train2014.json", json.dumps(ann))
+    return ann_zip.getvalue(), img_zip.getvalue()
+
+
+TINY_CLIP = {
+    "embed_dim": 24,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}

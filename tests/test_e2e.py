@@ -1,0 +1,146 @@
+"""End to end through the real `snakemake` CLI on a tiny config.
+
+Downloads come from a fixture server on 127.0.0.1 (through the `sources.mirror` code path), the student is a tiny
+random BERT and the teacher a tiny random open_clip model. The test checks that the first run reaches main.tex,
+that a second run has nothing to do, and that changing one margin reruns only that cell's jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import build_tiny_bert
+from e2e_fixtures import TINY_CLIP, coco_archives, senteval_tar, wiki_text
+from http_server import FixtureServer
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 600) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", *args, "--cores", "2", "--configfile", "e2e.yaml"],
+        cwd=workdir, capture_output=True, text=True, timeout=timeout,
+    )
+    out = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "logs").rglob("*.log")))
+        pytest.fail(f"snakemake {' '.join(args)} failed:\n{out[-6000:]}\n{logs[-12000:]}")
+    return out
+
+
+def job_counts(out: str) -> dict[str, int]:
+    if "Job stats:" not in out:
+        return {}
+    table = out.split("Job stats:")[1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory):
+    """A fresh copy of the workflow (as a user's clone would have it) plus the tiny config, with the server up."""
+    work = tmp_path_factory.mktemp("e2e")
+    for name in ("Snakefile", "workflow", "config", "profiles"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
+    student = build_tiny_bert(work / "models" / "tiny-bert")
+    clip_cfg = work / "models" / "tiny-clip.json"
+    clip_cfg.write_text(json.dumps(TINY_CLIP))
+    ann_zip, img_zip = coco_archives()
+    files = {
+        "/wiki1m_for_simcse.txt": wiki_text(),
+        "/senteval.tar": senteval_tar(),
+        "/annotations_trainval2014.zip": ann_zip,
+        "/train2014.zip": img_zip,
+    }
+    with FixtureServer(files) as server:
+        config = {
+            "sources": {"mirror": server.url("/").rstrip("/")},
+            "captions": {
+                "tiny": {
+                    "format": "coco",
+                    "annotations": "coco_annotations_2014",
+                    "images": "coco_train2014_images",
+                    "images_subdir": "train2014",
+                }
+            },
+            "datasets": {"wiki+tiny": {"pairs": "tiny"}},
+            "teachers": {
+                "tinyclip": {"model": "kdmcse-tiny-clip", "pretrained": "none", "model_config": str(clip_cfg), "batch_size": 8}
+            },
+            "teacher": "tinyclip",
+            "backbones": {"tiny": {"model": str(student), "lr": 1.0e-3, "batch_size": 8}},
+            "train": {"max_steps": 6, "eval_steps": 3, "checkpoint_steps": 3, "proj_dim": 16},
+            "grid": {
+                "seeds": [0],
+                "main": {
+                    "datasets": ["wiki+tiny"],
+                    "backbones": ["tiny"],
+                    "objectives": ["simcse", "mcse", "kdmcse"],
+                    "margin": 0.15,
+                    "threshold": "off",
+                },
+                "ablations": {
+                    "margin": {"dataset": "wiki+tiny", "backbone": "tiny", "objective": "kdmcse", "values": [0.1, 0.15]},
+                    "threshold": {"dataset": "wiki+tiny", "backbone": "tiny", "objective": "kdmcse", "values": ["off", 0.9]},
+                },
+            },
+            "evaluate": {"transfer": "none", "batch_size": 16},
+            "report": {"caption_note": "Fixture run: random-init tiny models."},
+        }
+        (work / "e2e.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        yield work, server
+
+
+def test_first_run_reaches_the_tables(workdir):
+    work, server = workdir
+    out = snakemake(work, "results/tables/main.tex")
+    counts = job_counts(out)
+    assert counts["train"] == 5 and counts["evaluate_sts"] == 5 and counts["teacher"] == 1
+    # Every download went through the mirror on 127.0.0.1.
+    served = {path for path, _ in server.requests}
+    assert {"/wiki1m_for_simcse.txt", "/senteval.tar", "/annotations_trainval2014.zip", "/train2014.zip"} <= served
+
+    main = pd.read_csv(work / "results" / "tables" / "main.csv")
+    assert len(main) >= 3  # SimCSE, MCSE, KDMCSE rows
+    tex = (work / "results" / "tables" / "main.tex").read_text()
+    assert "Fixture run: random-init tiny models." in tex
+    for name in ("ablation_margin", "ablation_threshold"):
+        assert (work / "results" / "tables" / f"{name}.tex").stat().st_size > 0
+    for name in ("align_uniform", "ablation_margin", "ablation_threshold"):
+        assert (work / "results" / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    metrics = json.loads(
+        (work / "results/metrics/wiki+tiny/tiny/kdmcse/margin~0.15_threshold~off/seed~0.sts.json").read_text()
+    )
+    assert metrics["cell"]["objective"] == "kdmcse" and metrics["cell"]["seed"] == 0
+    assert -100 <= metrics["sts"]["avg"] <= 100
+    meta = json.loads((work / "results/students/wiki+tiny/tiny/kdmcse/margin~0.15_threshold~off/seed~0/run_meta.json").read_text())
+    assert meta["run_config"]["margin2"] == 0.15
+
+
+def test_second_run_does_nothing(workdir):
+    work, _ = workdir
+    out = snakemake(work, "results/tables/main.tex", "-n")
+    assert "Nothing to be done" in out, out[-3000:]
+
+
+def test_changing_one_margin_reruns_only_that_cell(workdir):
+    work, _ = workdir
+    cfg = yaml.safe_load((work / "e2e.yaml").read_text())
+    cfg["grid"]["ablations"]["margin"]["values"] = [0.05, 0.15]
+    (work / "e2e.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    counts = job_counts(snakemake(work, "results/tables/main.tex", "-n", "--quiet", "rules"))
+    assert counts == {"train": 1, "evaluate_sts": 1, "report": 1, "total": 3}
+    snakemake(work, "results/tables/main.tex")
+    margins = pd.read_csv(work / "results" / "tables" / "ablation_margin.csv")
+    assert "0.05" in margins.to_csv()
