@@ -6,10 +6,11 @@ REPORT_INPUTS = {
     "threshold": metrics_files(ablation_cells(config, "threshold"), "sts"),
     "transfer": metrics_files(transfer_cells(config), "transfer"),
 }
-TABLES = ["main", "transfer", "ablation_margin", "ablation_threshold"]
+TABLES = ["main", "transfer", "ablation_margin", "ablation_threshold"]  # + significance.csv
 PLOTS = ["align_uniform", "ablation_margin", "ablation_threshold"]
 REPORT_OUTPUTS = (
     [f"results/tables/{t}.{ext}" for t in TABLES for ext in ("tex", "csv")]
+    + ["results/tables/significance.csv"]
     + [f"results/plots/{p}.{ext}" for p in PLOTS for ext in ("pdf", "png")]
 )
 
@@ -30,6 +31,9 @@ rule report:
             "results/tables/ablation_threshold.tex", caption="../report/ablation_threshold.rst", category="Tables"
         ),
         threshold_csv="results/tables/ablation_threshold.csv",
+        significance=report(
+            "results/tables/significance.csv", caption="../report/significance.rst", category="Tables"
+        ),
         align_uniform_pdf="results/plots/align_uniform.pdf",
         align_uniform=report("results/plots/align_uniform.png", caption="../report/align_uniform.rst", category="Plots"),
         margin_plot_pdf="results/plots/ablation_margin.pdf",
