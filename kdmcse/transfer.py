@@ -72,18 +72,19 @@ def inner_kfold(X: np.ndarray, y: np.ndarray, nclasses: int, cfg: ProbeConfig = 
         for itr, ite in stratified_folds(y[tr], k, INNER_KFOLD_SPLIT_SEED):
             jobs.append(Job(train_idx=tr[itr], dev_idx=tr[ite], regs=regs))
     inner = _fit(engine, X, y, jobs, nclasses, cfg, desc="inner folds")
-    dev_scores, chosen = [], []
+    dev_scores, chosen, all_scores = [], [], []
     for o in range(len(outer)):
         fits = inner[o * k : (o + 1) * k]
         scores = [round(100 * float(np.mean([f[r].dev_acc for f in fits])), 2) for r in range(len(regs))]
         chosen.append(_pick_l2(scores, regs))
+        all_scores.append(scores)
         dev_scores.append(float(np.max(scores)))
         log.debug("outer fold %d: L2 scores %s -> %g", o + 1, scores, chosen[-1])
     finals = _fit(engine, X, y, [Job(train_idx=tr, validation_split=cfg.validation_split, regs=(l2,))
                                  for (tr, _), l2 in zip(outer, chosen)], nclasses, cfg, desc="outer refits")
     test = [round(100 * f[0].accuracy(X[te], y[te]), 2) for f, (_, te) in zip(finals, outer)]
     return {"acc": round(float(np.mean(test)), 2), "devacc": round(float(np.mean(dev_scores)), 2),
-            "l2": chosen, "fold_acc": test, "n": len(y)}
+            "l2": chosen, "l2_scores": all_scores, "fold_acc": test, "n": len(y)}
 
 
 def kfold(X: np.ndarray, y: np.ndarray, X_test: np.ndarray, y_test: np.ndarray, nclasses: int,
