@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -94,7 +95,10 @@ def gather_rows(x: torch.Tensor, ctx: DistContext, sizes: list[int]) -> torch.Te
     if x.shape[0] < longest:
         pad = x.new_zeros((longest - x.shape[0],) + tuple(x.shape[1:]))
         x = torch.cat([x, pad], dim=0)
-    parts = all_gather(x)
+    with warnings.catch_warnings():
+        # deprecated in favour of a private functional-collectives API; still the public differentiable gather
+        warnings.filterwarnings("ignore", message=".*all_gather is deprecated", category=FutureWarning)
+        parts = all_gather(x, group=dist.group.WORLD)  # the current group, not one bound at import
     return torch.cat([part[:n] for part, n in zip(parts, sizes)], dim=0)
 
 
