@@ -96,12 +96,16 @@ def initial_linear(dim: int, nclasses: int, seed: int) -> nn.Linear:
 def _split_job(job: Job, rs: np.random.RandomState) -> tuple[np.ndarray, np.ndarray]:
     """Train/dev rows of a job; a validation split consumes the first permutation of the model's RNG."""
     if job.dev_idx is not None:
+        if len(job.dev_idx) == 0:
+            raise ValueError("a job's dev_idx is empty")
         return np.asarray(job.train_idx), np.asarray(job.dev_idx)
     if not job.validation_split:
         raise ValueError("a job needs dev_idx or validation_split")
     train_idx = np.asarray(job.train_idx)
     perm = rs.permutation(len(train_idx))
     cut = int(job.validation_split * len(train_idx))
+    if cut == 0:
+        raise ValueError(f"{len(train_idx)} training rows leave no validation rows at split {job.validation_split}")
     return train_idx[perm[cut:]], train_idx[perm[:cut]]
 
 
@@ -110,7 +114,14 @@ def fit_reference(
     X: np.ndarray, y: np.ndarray, jobs: list[Job], nclasses: int, cfg: ProbeConfig = ProbeConfig()
 ) -> list[list[FitResult]]:
     """Train every (job, L2) model one at a time, exactly as SentEval's `MLP(nhid=0).fit` does."""
-    return [[_fit_one_reference(X, y, job, l2, nclasses, cfg) for l2 in job.regs] for job in jobs]
+    with tqdm(total=sum(len(j.regs) for j in jobs), desc="reference probe", leave=False, unit="model") as bar:
+        out = []
+        for job in jobs:
+            out.append([])
+            for l2 in job.regs:
+                out[-1].append(_fit_one_reference(X, y, job, l2, nclasses, cfg))
+                bar.update(1)
+    return out
 
 
 def _fit_one_reference(X: np.ndarray, y: np.ndarray, job: Job, l2: float, nclasses: int, cfg: ProbeConfig) -> FitResult:
