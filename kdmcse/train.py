@@ -279,26 +279,42 @@ def make_batch(data: TrainData, paired: bool, global_rows: np.ndarray, ctx: Dist
     return batch
 
 
-def step_losses(student: Any, batch: StepBatch, settings: Any, ctx: DistContext,
-                autocast: Any) -> dict[str, torch.Tensor]:
-    """Forward both dropout views, gather the global batch, and return the loss parts (identical on all ranks)."""
+def encode_cls(student: Any, batch: StepBatch, autocast: Any) -> torch.Tensor:
+    """CLS vectors before the MLP (`h`) of this process's 2·n rows, as float32 (autocast covers the encoder)."""
+    with autocast():
+        out = student.encoder(input_ids=batch.tokens["input_ids"], attention_mask=batch.tokens["attention_mask"])
+    return out.last_hidden_state[:, 0].float()
+
+
+def losses_from_cls(student: Any, h: torch.Tensor, batch: StepBatch, settings: Any,
+                    ctx: DistContext) -> dict[str, torch.Tensor]:
+    """Heads and losses from the CLS vectors; the global batch is gathered so every rank gets the same loss."""
     from kdmcse.losses import objective_loss
 
-    with autocast():
-        h, z = student(batch.tokens["input_ids"], batch.tokens["attention_mask"])
     n = h.shape[0] // 2
+    z = student.mlp(h)
     # rows are [s0, s0, s1, s1, …]: view 1 is the even rows, view 2 the odd ones
-    h, z = h.float().view(n, 2, -1), z.float().view(n, 2, -1)
-    z1, z2 = gather_rows(z[:, 0], ctx, batch.sizes), gather_rows(z[:, 1], ctx, batch.sizes)
+    hv, zv = h.view(n, 2, -1), z.view(n, 2, -1)
+    z1, z2 = gather_rows(zv[:, 0], ctx, batch.sizes), gather_rows(zv[:, 1], ctx, batch.sizes)
     if not batch.paired:
         return objective_loss(settings, z1=z1, z2=z2)
-    p = student.ground(h.reshape(2 * n, -1)).view(n, 2, -1)
+    p = student.ground(hv.reshape(2 * n, -1)).view(n, 2, -1)
     p1, p2 = gather_rows(p[:, 0], ctx, batch.sizes), gather_rows(p[:, 1], ctx, batch.sizes)
     return objective_loss(
         settings, z1=z1, z2=z2, p1=p1, p2=p2,
         image_proj=student.project_image(batch.image_emb), text_proj=student.project_text(batch.caption_emb),
         image_emb=batch.image_emb, text_emb=batch.caption_emb,
     )
+
+
+def step_losses(student: Any, batch: StepBatch, settings: Any, ctx: DistContext,
+                autocast: Any) -> dict[str, torch.Tensor]:
+    """Forward both dropout views in one pass and return the loss parts of the global batch.
+
+    Same as `StudentModel.forward` (h = CLS before the MLP, z = mlp(h)), split in two so the benchmark can time
+    the encoder apart from the heads.
+    """
+    return losses_from_cls(student, encode_cls(student, batch, autocast), batch, settings, ctx)
 
 
 # ---------------------------------------------------------------- training
@@ -309,6 +325,19 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
+
+
+def make_optimizer(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """AdamW as the published trainer sets it (eps 1e-6, no weight decay, every parameter).
+
+    The fused kernel where torch has one: on CPU it is ~7x faster than the default for-each kernel, which
+    otherwise costs ~10 % of a mid-size step (the 30k-row embedding matrix alone is millions of parameters).
+    """
+    kwargs = dict(lr=lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0)
+    try:
+        return torch.optim.AdamW(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(params, **kwargs)
 
 
 def linear_decay(total_steps: int) -> Callable[[int], float]:
@@ -408,7 +437,7 @@ def train(
         batches = MixedBatches(schedule, len(data.text), len(data.pairs) if data.pairs is not None else 0,
                                cfg["batch_size"], seed)
         params = list(student.parameters())
-        optimizer = torch.optim.AdamW(params, lr=cfg["lr"], betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0)
+        optimizer = make_optimizer(params, cfg["lr"])
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_decay(total))
         scaler = torch.amp.GradScaler("cuda", enabled=cfg["precision"] == "fp16")
         set_seed(seed + ctx.rank)  # again after loaders/optimiser, as the published trainer does
