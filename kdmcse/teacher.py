@@ -362,6 +362,22 @@ def _chunk_batches(n: int, chunks: Sequence[int], chunk_size: int, batch_size: i
     return batches
 
 
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def cpu_threads(workers: int) -> int:
+    """Torch threads for a CPU run: the cores the decode workers leave free.
+
+    Oversubscribed cores hurt far more than one fewer thread: a torch parallel region waits for its slowest
+    thread, so a thread pre-empted by a decoder stalls every op (measured 2-6x slower on a busy 2-core machine).
+    """
+    return max(1, available_cpus() - workers)
+
+
 def _lower_priority(_: int) -> None:
     # On a CPU-only run the decoders share cores with the model; let the model's threads win, decoding fills gaps.
     with contextlib.suppress(OSError):
@@ -512,10 +528,26 @@ def run_teacher(
     device: str = "auto",
     chunk_size: int = 8192,
     work_dir: str | os.PathLike[str] | None = None,
+    threads: int = 0,
 ) -> dict[str, Any]:
-    """Build the teacher cache in `out_dir`; returns its metadata plus timings (`seconds`)."""
-    if batch_size < 1 or chunk_size < 1 or workers < 0:
-        raise KdmcseError("--batch-size and --chunk-size must be ≥ 1 and --workers ≥ 0")
+    """Build the teacher cache in `out_dir`; returns its metadata plus timings (`seconds`).
+
+    `threads` = torch threads on CPU (0 = the cores the decode workers leave free); the caller's setting is restored.
+    """
+    if batch_size < 1 or chunk_size < 1 or workers < 0 or threads < 0:
+        raise KdmcseError("--batch-size and --chunk-size must be ≥ 1, --workers and --threads ≥ 0")
+    previous_threads = torch.get_num_threads()
+    try:
+        return _run_teacher(captions, out_dir, model=model, pretrained=pretrained, model_config=model_config,
+                            batch_size=batch_size, workers=workers, precision=precision,
+                            skip_bad_images=skip_bad_images, device=device, chunk_size=chunk_size,
+                            work_dir=work_dir, threads=threads)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run_teacher(captions, out_dir, *, model, pretrained, model_config, batch_size, workers, precision,
+                 skip_bad_images, device, chunk_size, work_dir, threads) -> dict[str, Any]:
     out_dir = Path(out_dir)
     work_dir = Path(work_dir) if work_dir is not None else out_dir.with_name(out_dir.name + ".work")
     table = load_caption_table(captions)
@@ -543,9 +575,11 @@ def run_teacher(
         "chunk_size": chunk_size,
     }
     prepare_work_dir(work_dir, job)
-    log.info("encoding %d images and %d captions with %s/%s on %s (%s, batch %d, %d workers)",
+    if teacher.device.type == "cpu":
+        torch.set_num_threads(threads or cpu_threads(workers))
+    log.info("encoding %d images and %d captions with %s/%s on %s (%s, batch %d, %d workers, %d torch threads)",
              len(table.image_ids), len(table.captions), model, pretrained, teacher.device, precision,
-             batch_size, workers)
+             batch_size, workers, torch.get_num_threads())
 
     t0 = time.perf_counter()
     image_emb, errors = encode_images(
@@ -616,6 +650,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--chunk-size", type=int, default=8192, help="rows per resumable chunk")
     p.add_argument("--work-dir", default=None, help="where finished chunks are kept (default: <out-dir>.work)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads on CPU (default 0: the cores left free by the decode workers)")
     return p
 
 
@@ -634,5 +670,6 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         chunk_size=args.chunk_size,
         work_dir=args.work_dir,
+        threads=args.threads,
     )
     return 0
