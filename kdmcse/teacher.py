@@ -167,6 +167,25 @@ def _register_model_config(model: str, config_path: Path) -> dict[str, Any]:
     return cfg
 
 
+def identify_pretrained_tag(model: str, file_sha256: str) -> str | None:
+    """The open_clip tag whose published checkpoint has this sha256, if its URL carries the hash.
+
+    OpenAI's URLs hold the file's full sha256, open_clip's own releases a prefix of it. Knowing the tag of a
+    local file keeps the metadata comparable with `--pretrained openai` and gets QuickGELU right offline.
+    """
+    from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
+
+    for tag in list_pretrained_tags_by_model(model):
+        url = get_pretrained_cfg(model, tag).get("url", "")
+        if "openaipublic" in url and url.split("/")[-2] == file_sha256:
+            return tag
+        if "mlfoundations" in url:
+            prefix = os.path.splitext(os.path.basename(url))[0].split("-")[-1]
+            if len(prefix) >= 8 and file_sha256.startswith(prefix):
+                return tag
+    return None
+
+
 def load_teacher(
     model: str,
     pretrained: str,
@@ -195,6 +214,7 @@ def load_teacher(
 
     random_init = pretrained.lower() in {"none", ""}
     tag_cfg = {} if random_init or os.path.isfile(pretrained) else get_pretrained_cfg(model, pretrained)
+    known_tag = None  # the tag a local checkpoint file turns out to be
     if random_init:
         source, weights = "none", None
         log.warning(
@@ -203,7 +223,16 @@ def load_teacher(
         )
     elif os.path.isfile(pretrained):
         source, weights = "file", pretrained
+        meta["pretrained_file"] = os.path.abspath(pretrained)
         meta["pretrained_sha256"] = sha256_file(pretrained)
+        known_tag = identify_pretrained_tag(model, meta["pretrained_sha256"])
+        if known_tag:
+            log.info("checkpoint %s is the published '%s' weights of %s", pretrained, known_tag, model)
+            tag_cfg = get_pretrained_cfg(model, known_tag)
+        else:
+            log.warning("checkpoint %s is not a published open_clip checkpoint of %s (sha256 %s); if it holds "
+                        "OpenAI weights, name a '-quickgelu' architecture", pretrained, model,
+                        meta["pretrained_sha256"][:12])
     elif tag_cfg:
         source, weights = "tag", pretrained
     else:
@@ -212,11 +241,15 @@ def load_teacher(
             f"({open_clip.list_pretrained_tags_by_model(model)}), a local checkpoint file, nor 'none'"
         )
     # OpenAI's weights were trained with QuickGELU; open_clip only warns on a mismatch, which silently changes
-    # every embedding. Follow the tag (a local file needs an explicit '-quickgelu' architecture name).
+    # every embedding. Follow the tag (for a local file: the tag recognised from its checksum).
     quick_gelu = bool(tag_cfg.get("quick_gelu", False))
+    # open_clip applies a tag's own preprocessing only when given the tag; do the same for a recognised file
+    preprocess_overrides = {} if source != "file" else {
+        f"image_{k}": tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg
+    }
     try:
         clip, _, preprocess = open_clip.create_model_and_transforms(
-            model, pretrained=weights, device=dev, force_quick_gelu=quick_gelu
+            model, pretrained=weights, device=dev, force_quick_gelu=quick_gelu, **preprocess_overrides
         )
     except RuntimeError as exc:
         hint = (" This machine may be offline: download the checkpoint elsewhere and pass its path as --pretrained."
@@ -225,9 +258,13 @@ def load_teacher(
     clip.eval()
     # open_clip 3 stores the preprocessing config on the model; keep a readable description in the metadata
     preprocess_cfg = dict(getattr(clip.visual, "preprocess_cfg", {}) or {})
+    if source == "file":  # record the tag of a recognised checkpoint, so caches compare equal to `--pretrained TAG`
+        recorded = known_tag or os.path.basename(pretrained)
+    else:
+        recorded = pretrained
     meta.update(
         model=model,
-        pretrained=pretrained if source != "file" else os.path.basename(pretrained),
+        pretrained=recorded,
         pretrained_source=source,
         random_init=random_init,
         quick_gelu=quick_gelu or bool(getattr(clip, "quick_gelu", False)),

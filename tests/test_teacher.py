@@ -300,3 +300,24 @@ def test_openai_tag_gets_quick_gelu(monkeypatch):
     with pytest.raises(KdmcseError):
         T.load_teacher("ViT-B-32", "laion2b_s34b_b79k", device="cpu")
     assert seen["force_quick_gelu"] is False
+
+
+def test_local_checkpoint_is_recognised_by_its_checksum(tmp_path, tiny_config, monkeypatch):
+    # The published OpenAI ViT-L-14 file is named by its sha256 in open_clip's registry; a copy on an offline
+    # cluster must count as `--pretrained openai` (metadata, QuickGELU).
+    assert T.identify_pretrained_tag(
+        "ViT-L-14", "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836") == "openai"
+    assert T.identify_pretrained_tag("ViT-L-14", "0" * 64) is None
+
+    torch.manual_seed(11)
+    teacher = T.load_teacher(TINY_MODEL, "none", model_config=tiny_config, device="cpu")
+    ckpt = tmp_path / "weights.pt"
+    torch.save(teacher.model.state_dict(), ckpt)
+    loaded = T.load_teacher(TINY_MODEL, str(ckpt), model_config=tiny_config, device="cpu")
+    assert loaded.meta["pretrained"] == "weights.pt" and loaded.meta["pretrained_source"] == "file"
+    assert loaded.meta["pretrained_sha256"] == T.sha256_file(ckpt) and loaded.meta["random_init"] is False
+    for a, b in zip(teacher.model.state_dict().values(), loaded.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # the weights really came from the file
+
+    monkeypatch.setattr(T, "identify_pretrained_tag", lambda model, sha: "openai")
+    assert T.load_teacher(TINY_MODEL, str(ckpt), model_config=tiny_config, device="cpu").meta["pretrained"] == "openai"
