@@ -196,12 +196,13 @@ class TokenizedTexts:
 
     @classmethod
     def from_texts(cls, tokenizer: Any, texts: list[str], max_length: int, chunk: int = 20000,
-                   desc: str = "tokenise") -> "TokenizedTexts":
+                   desc: str = "tokenise", show_progress: bool = True) -> "TokenizedTexts":
         from tqdm.auto import tqdm
 
         pieces: list[np.ndarray] = []
         lengths = np.zeros(len(texts), dtype=np.int64)
-        for start in tqdm(range(0, len(texts), chunk), desc=desc, unit="chunk", leave=False):
+        for start in tqdm(range(0, len(texts), chunk), desc=desc, unit="chunk", leave=False,
+                          disable=not show_progress):
             enc = tokenizer(texts[start : start + chunk], truncation=True, max_length=max_length,
                             padding=False, return_attention_mask=False, return_token_type_ids=False)
             for i, row in enumerate(enc["input_ids"]):

@@ -230,13 +230,24 @@ def check_inputs(cfg: dict[str, Any], text: Path, pairs: Path | None, teacher: P
     return Inputs(texts, captions, caption_ids, cache, senteval)
 
 
+def data_info(inputs: Inputs) -> dict[str, Any]:
+    """What identifies the training data (part of the checkpoint fingerprint and of run_meta.json)."""
+    info: dict[str, Any] = {"text_rows": len(inputs.texts)}
+    if inputs.captions is not None:
+        info.update(pair_rows=len(inputs.captions), teacher_dim=inputs.teacher.dim,
+                    teacher_content_sha256=inputs.teacher.meta.get("content_sha256"))
+    return info
+
+
 def build_data(inputs: Inputs, tokenizer: Any, max_length: int, show_progress: bool = True) -> TrainData:
     """Tokenise each corpus once and map caption rows to teacher-cache rows."""
-    data = TrainData(text=TokenizedTexts.from_texts(tokenizer, inputs.texts, max_length, desc="tokenise text"))
-    data.info = {"text_rows": len(inputs.texts)}
+    data = TrainData(text=TokenizedTexts.from_texts(tokenizer, inputs.texts, max_length, desc="tokenise text",
+                                                          show_progress=show_progress))
+    data.info = data_info(inputs)
     if inputs.captions is not None:
         cache = inputs.teacher
-        data.pairs = TokenizedTexts.from_texts(tokenizer, inputs.captions, max_length, desc="tokenise captions")
+        data.pairs = TokenizedTexts.from_texts(tokenizer, inputs.captions, max_length,
+                                                desc="tokenise captions", show_progress=show_progress)
         order = np.argsort(cache.caption_ids, kind="stable")
         pos = np.searchsorted(cache.caption_ids, inputs.caption_ids, sorter=order)
         pos = np.minimum(pos, len(order) - 1)
@@ -249,8 +260,6 @@ def build_data(inputs: Inputs, tokenizer: Any, max_length: int, show_progress: b
         data.image_emb, data.caption_emb = cache.image_emb, cache.caption_emb
         data.pair_caption_row = rows
         data.pair_image_row = cache.caption_image_row[rows]
-        data.info.update(pair_rows=len(inputs.captions), teacher_dim=cache.dim,
-                         teacher_content_sha256=cache.meta.get("content_sha256"))
     return data
 
 
@@ -325,6 +334,19 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
+
+
+def check_shardable(batch_size: int, n_text: int, n_pair: int, world_size: int) -> None:
+    """Every process needs at least one row of every batch, the last partial ones included."""
+    if world_size <= 1:
+        return
+    if world_size > batch_size:
+        raise KdmcseError(f"run config batch_size {batch_size} is smaller than the {world_size} processes")
+    for rows, what in ((n_text, "text corpus"), (n_pair, "caption table")):
+        last = rows % batch_size
+        if last and last < world_size:
+            raise KdmcseError(f"the last batch of the {what} ({rows} rows) has {last} row(s), fewer than the "
+                              f"{world_size} processes; pick a batch_size that leaves at least {world_size}")
 
 
 def make_optimizer(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
@@ -414,6 +436,15 @@ def train(
         autocast = autocast_for(cfg["precision"], device)
         started = time.time()
 
+        # everything that can refuse the run comes before the model and the tokeniser are loaded
+        n_text, n_pair = len(inputs.texts), len(inputs.captions) if inputs.captions is not None else 0
+        check_shardable(cfg["batch_size"], n_text, n_pair, ctx.world_size)
+        schedule = mixing_schedule(n_text, n_pair, cfg["batch_size"], cfg["epochs"], cfg["max_steps"])
+        total = schedule.total_steps
+        fingerprint = run_fingerprint(cfg, seed, data_info(inputs), ctx.world_size)
+        ckpt_dir = out / "checkpoint"
+        state = load_checkpoint(ckpt_dir, fingerprint)
+
         set_seed(seed)  # before model init: the heads' random init depends on it
         tokenizer = load_tokenizer(cfg["model"])
         teacher_dim = inputs.teacher.dim if inputs.teacher is not None else None
@@ -422,20 +453,7 @@ def train(
         student.train()
 
         data = build_data(inputs, tokenizer, cfg["max_seq_length"], show_progress=show_progress and ctx.is_main)
-        if ctx.world_size > cfg["batch_size"]:
-            raise KdmcseError(f"batch_size {cfg['batch_size']} is smaller than the {ctx.world_size} processes")
-        schedule = mixing_schedule(len(data.text), len(data.pairs) if data.pairs is not None else 0,
-                                   cfg["batch_size"], cfg["epochs"], cfg["max_steps"])
-        total = schedule.total_steps
-        if data.pairs is not None and len(data.pairs) % cfg["batch_size"] and \
-                len(data.pairs) % cfg["batch_size"] < ctx.world_size:
-            raise KdmcseError("the last caption batch would leave a process without rows; use a batch size that "
-                              "divides the caption count or fewer processes")
-        if len(data.text) % cfg["batch_size"] and len(data.text) % cfg["batch_size"] < ctx.world_size:
-            raise KdmcseError("the last text batch would leave a process without rows; use a batch size that "
-                              "divides the text rows or fewer processes")
-        batches = MixedBatches(schedule, len(data.text), len(data.pairs) if data.pairs is not None else 0,
-                               cfg["batch_size"], seed)
+        batches = MixedBatches(schedule, n_text, n_pair, cfg["batch_size"], seed)
         params = list(student.parameters())
         optimizer = make_optimizer(params, cfg["lr"])
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_decay(total))
@@ -443,12 +461,9 @@ def train(
         set_seed(seed + ctx.rank)  # again after loaders/optimiser, as the published trainer does
         log.info("schedule: %s", schedule)
 
-        fingerprint = run_fingerprint(cfg, seed, data.info, ctx.world_size)
-        ckpt_dir = out / "checkpoint"
         history: list[dict[str, Any]] = []
         best: dict[str, Any] = {"score": None, "step": None, "state": None}
         start_step = 0
-        state = load_checkpoint(ckpt_dir, fingerprint)
         if state is not None:
             student.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -459,6 +474,7 @@ def train(
             history, best, start_step = state["history"], state["best"], int(state["step"])
             if ctx.is_main and best["state"] is None and best["score"] is not None:
                 raise KdmcseError(f"checkpoint {ckpt_dir} lacks the best model; delete it to start over")
+            del state
 
         def evaluate(done: int) -> None:
             score = None
@@ -495,7 +511,8 @@ def train(
             paired, global_rows = next(batches)
             batch = make_batch(data, paired, global_rows, ctx, device)
             losses = step_losses(student, batch, settings, ctx, autocast)
-            values = {k: float(v.detach()) for k, v in losses.items()}
+            # one device sync per step for all parts (they are logged and checked for NaN/inf)
+            values = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist()))
             if not all(math.isfinite(v) for v in values.values()):
                 parts = ", ".join(f"{k}={v:.6g}" for k, v in values.items())
                 raise KdmcseError(
