@@ -184,7 +184,6 @@ def real_root(mirror_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 @pytest.mark.mirror
-@pytest.mark.slow
 def test_zero_shot_minilm_scores_are_plausible(real_root: Path, minilm_dir: Path) -> None:
     from kdmcse.encoding import load_encoder
 
