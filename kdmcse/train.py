@@ -486,7 +486,10 @@ def train(
                                       batch_size=EVAL_BATCH_SIZE, show_progress=False)
                 score = float(stsb_dev_spearman(enc, inputs.senteval))
                 history.append({"step": done, "stsb_dev_spearman": score})
-                if best["score"] is None or score > best["score"]:  # strictly greater keeps the earlier model
+                if not math.isfinite(score):
+                    log.warning("step %d: STS-B dev spearman is %s (constant embeddings?)", done, score)
+                # strictly greater keeps the earlier model; a NaN score never wins over a real one
+                if best["score"] is None or (math.isfinite(score) and not score <= best["score"]):
                     best.update(score=score, step=done, state=_state_to_cpu(student))
                 log.info("step %d: STS-B dev spearman %.2f (best %.2f at step %s)", done, score,
                          best["score"], best["step"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import pickle
@@ -54,6 +55,8 @@ def _setup_env(rank: int, port: int) -> None:
 
 def _worker(rank: int, port: int, work: str) -> None:
     """One spawned process: the step comparison, then a short training run (one spawn: imports are slow)."""
+    # a stuck collective (e.g. the port was taken meanwhile) fails the test with tracebacks instead of hanging
+    faulthandler.dump_traceback_later(240, exit=True)
     _setup_env(rank, port)
     job = pickle.loads(Path(work, "job.pkl").read_bytes())
     ctx = init_distributed("cpu")
