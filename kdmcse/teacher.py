@@ -389,13 +389,21 @@ class CaptionChunks(Dataset):
         return c, self.tokenizer(list(self.captions[c * self.chunk_size : (c + 1) * self.chunk_size]))
 
 
-def _chunk_batches(n: int, chunks: Sequence[int], chunk_size: int, batch_size: int) -> list[list[int]]:
-    """Batches of indices that never straddle a chunk boundary, for the given chunks only."""
+def _chunk_batches(n: int, chunks: Sequence[int], chunk_size: int, batch_size: int, first: int = 4) -> list[list[int]]:
+    """Batches of indices that never straddle a chunk boundary, for the given chunks only.
+
+    The very first batch is small (`first` items) so the model starts after a few decodes instead of a full
+    batch of them; batch composition does not change any embedding.
+    """
     batches = []
     for c in chunks:
         stop = min((c + 1) * chunk_size, n)
-        for start in range(c * chunk_size, stop, batch_size):
-            batches.append(list(range(start, min(start + batch_size, stop))))
+        start = c * chunk_size
+        if not batches and first < batch_size:
+            batches.append(list(range(start, min(start + first, stop))))
+            start += first
+        for b in range(start, stop, batch_size):
+            batches.append(list(range(b, min(b + batch_size, stop))))
     return batches
 
 
@@ -413,12 +421,6 @@ def cpu_threads(workers: int) -> int:
     thread, so a thread pre-empted by a decoder stalls every op (measured 2-6x slower on a busy 2-core machine).
     """
     return max(1, available_cpus() - workers)
-
-
-def _lower_priority(_: int) -> None:
-    # On a CPU-only run the decoders share cores with the model; let the model's threads win, decoding fills gaps.
-    with contextlib.suppress(OSError):
-        os.nice(10)
 
 
 # ------------------------------------------------------------------------------------------------ work folder
@@ -489,7 +491,6 @@ def encode_images(
             batch_sampler=_chunk_batches(n, pending, chunk_size, batch_size),
             num_workers=workers,
             pin_memory=teacher.device.type == "cuda",
-            worker_init_fn=_lower_priority if workers and teacher.device.type == "cpu" else None,
             persistent_workers=False,
             prefetch_factor=4 if workers else None,
         )
