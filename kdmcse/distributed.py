@@ -36,6 +36,7 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # whether init_distributed created the process group (and so must destroy it)
 
     @property
     def enabled(self) -> bool:
@@ -59,14 +60,15 @@ def init_distributed(device_type: str | None = None) -> DistContext:
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
     if device_type == "cuda":
         torch.cuda.set_device(local)
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()  # a caller may have joined the group already: reuse it
+    if owns:
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
     log.info("process %d of %d (local rank %d)", rank, world, local)
-    return DistContext(rank, world, local)
+    return DistContext(rank, world, local, owns)
 
 
 def shutdown_distributed(ctx: DistContext) -> None:
-    if ctx.enabled and dist.is_initialized():
+    if ctx.enabled and ctx.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 

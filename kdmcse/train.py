@@ -505,8 +505,9 @@ def train(
                 }, fingerprint)
             barrier(ctx)
 
+        # loss parts summed since the last log, with their own counts (image/text exist on paired steps only)
         running: dict[str, float] = defaultdict(float)
-        running_n = 0
+        running_n: dict[str, int] = defaultdict(int)
         paired_done = schedule.paired_steps_until(start_step)
         bar = tqdm(total=total, initial=start_step, desc="train", unit="step",
                    disable=not (show_progress and ctx.is_main))
@@ -537,15 +538,15 @@ def train(
             paired_done += int(paired)
             for k, v in values.items():
                 running[k] += v
-            running_n += 1
+                running_n[k] += 1
             bar.update(1)
             if done % LOG_EVERY == 0 or done == total:
-                means = {k: v / running_n for k, v in running.items()}
+                means = {k: v / running_n[k] for k, v in running.items()}
                 bar.set_postfix({k: f"{v:.4f}" for k, v in means.items()}, refresh=False)
                 log.info("step %d/%d lr %.3g %s", done, total, scheduler.get_last_lr()[0],
                          " ".join(f"{k}={v:.4f}" for k, v in means.items()))
                 running.clear()
-                running_n = 0
+                running_n.clear()
             if done % cfg["eval_steps"] == 0 or done == total:
                 evaluate(done)
             if cfg["checkpoint_steps"] and done % cfg["checkpoint_steps"] == 0 and done < total:

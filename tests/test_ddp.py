@@ -67,9 +67,10 @@ def _worker(rank: int, port: int, work: str) -> None:
             student = build_student(job["model_dir"], job["teacher_dim"])
             result[name] = loss_and_grads(student, job["data"], job["settings"], ctx, paired)
         torch.save(result, Path(work, f"rank{rank}.pt"))
+        # training reuses this process group (tearing one down and re-creating it on the same port races)
+        train_mod.main(job["train_argv"])
     finally:
         shutdown_distributed(ctx)
-    train_mod.main(job["train_argv"])  # joins its own process group from the same environment
 
 
 @pytest.fixture(scope="module")
