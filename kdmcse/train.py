@@ -482,8 +482,10 @@ def train(
                 from kdmcse.encoding import SentenceEncoder
                 from kdmcse.sts import stsb_dev_spearman
 
+                # `cls` selection must use the training MLP: the encoder's own pooler only receives it on save.
                 enc = SentenceEncoder(student.encoder, tokenizer, pooling=cfg["pooling"],
-                                      batch_size=EVAL_BATCH_SIZE, show_progress=False)
+                                      batch_size=EVAL_BATCH_SIZE, show_progress=False,
+                                      mlp=student.mlp if cfg["pooling"] == "cls" else None)
                 score = float(stsb_dev_spearman(enc, inputs.senteval))
                 history.append({"step": done, "stsb_dev_spearman": score})
                 if not math.isfinite(score):

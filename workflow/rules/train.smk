@@ -22,6 +22,7 @@ rule train:
         unpack(train_inputs),
     output:
         model=directory(f"results/students/{CELL}/seed~{{seed}}/model"),
+        heads=f"results/students/{CELL}/seed~{{seed}}/heads.pt",
         meta=f"results/students/{CELL}/seed~{{seed}}/run_meta.json",
     log:
         f"logs/train/{CELL}/seed~{{seed}}.log",
