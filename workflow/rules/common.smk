@@ -83,3 +83,114 @@ def metrics_path(cell, seed, kind):
 
 def metrics_files(cells, kind):
     return [metrics_path(c, s, kind) for c in cells for s in SEEDS]
+
+
+# --- data stage helpers
+
+def download_args(w):
+    """Mirror and per-artifact overrides from config.sources, as command-line flags."""
+    src = config["sources"]
+    args = []
+    if src.get("mirror"):
+        args += ["--mirror", src["mirror"]]
+    over = src.get("overrides", {}).get(w.artifact, {})
+    for key in ("path", "url", "sha256"):
+        if over.get(key):
+            args += [f"--override-{key}", over[key]]
+    return " ".join(map(shlex_quote, args))
+
+
+def shlex_quote(s):
+    import shlex
+
+    return shlex.quote(str(s))
+
+
+def caption_corpus(name):
+    if name not in config["captions"]:
+        raise ValueError(f"caption corpus {name!r} is not defined under config key 'captions'")
+    return config["captions"][name]
+
+
+def captions_inputs(w):
+    cap = caption_corpus(w.pairs)
+    if cap["format"] == "demo":
+        return {}
+    return {"annotations": download_path(cap["annotations"]), "images": extracted(cap["images"])}
+
+
+def images_dir(name):
+    cap = caption_corpus(name)
+    if cap["format"] == "demo":
+        # The demo photos are written by the prepare step itself (they ship inside installed packages).
+        return f"resources/images/{name}"
+    sub = cap.get("images_subdir", "")
+    return f"{extracted(cap['images'])}/{sub}".rstrip("/")
+
+
+def prepare_captions_args(w, input):
+    cap = caption_corpus(w.pairs)
+    args = ["--dataset", cap["format"], "--images-dir", images_dir(w.pairs)]
+    if cap["format"] != "demo":
+        args += ["--input", input.annotations]
+    if cap.get("one_caption_per_image"):
+        args += ["--one-caption-per-image"]
+    if cap.get("max_images"):
+        args += ["--max-images", str(cap["max_images"])]
+    return " ".join(map(shlex_quote, args))
+
+
+# --- teacher stage helpers
+
+def teacher_spec(name):
+    if name not in config["teachers"]:
+        raise ValueError(f"teacher {name!r} is not defined under config key 'teachers'")
+    return config["teachers"][name]
+
+
+def teacher_inputs(w):
+    inputs = {"captions": f"results/corpora/captions_{w.pairs}.parquet"}
+    cap = caption_corpus(w.pairs)
+    if cap["format"] != "demo":
+        inputs["images"] = extracted(cap["images"])
+    return inputs
+
+
+def teacher_args(w):
+    t = teacher_spec(w.teacher)
+    args = ["--model", t["model"], "--pretrained", t["pretrained"], "--precision", t.get("precision", "fp32")]
+    args += ["--batch-size", str(t.get("batch_size", 256))]
+    if t.get("model_config"):
+        args += ["--model-config", t["model_config"]]
+    if config["teacher_skip_bad_images"]:
+        args += ["--skip-bad-images"]
+    return " ".join(map(shlex_quote, args))
+
+
+# --- train stage helpers
+
+def train_inputs(w):
+    cell = cell_of(w)
+    inputs = {"text": "results/corpora/wiki.parquet", "senteval": SENTEVAL}
+    pairs = config["datasets"][cell.dataset]["pairs"]
+    if cell.objective != "simcse" and pairs:
+        inputs["pairs"] = f"results/corpora/captions_{pairs}.parquet"
+        inputs["teacher"] = f"results/teacher/{pairs}/{config['teacher']}/captions.parquet"
+    return inputs
+
+
+def train_pair_args(w, input):
+    if "pairs" not in input.keys():
+        return ""
+    return f"--pairs {shlex_quote(input.pairs)} --teacher {shlex_quote(str(Path(input.teacher).parent))}"
+
+
+# --- evaluate stage helpers
+
+def cell_args(w):
+    cell = cell_of(w)
+    pairs = {**cell.as_dict(), "seed": w.seed}
+    return " ".join(shlex_quote(f"{k}={v}") for k, v in pairs.items())
+
+
+EVAL_CODE = code_version("evaluate", "encoding", "sts", "alignment", "transfer", "senteval_data")

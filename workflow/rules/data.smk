@@ -1,25 +1,6 @@
 # Sources -> downloads -> extracted archives -> tidy corpora (Parquet).
 
 
-def download_args(w):
-    """Mirror and per-artifact overrides from config.sources, as command-line flags."""
-    src = config["sources"]
-    args = []
-    if src.get("mirror"):
-        args += ["--mirror", src["mirror"]]
-    over = src.get("overrides", {}).get(w.artifact, {})
-    for key in ("path", "url", "sha256"):
-        if over.get(key):
-            args += [f"--override-{key}", over[key]]
-    return " ".join(map(shlex_quote, args))
-
-
-def shlex_quote(s):
-    import shlex
-
-    return shlex.quote(str(s))
-
-
 rule download:
     output:
         "resources/downloads/{artifact}/{filename}",
@@ -31,6 +12,8 @@ rule download:
         registry=config["sources"]["registry"],
         extra=download_args,
     retries: 2
+    conda:
+        "../../envs/kdmcse.yaml"
     shell:
         "python -m kdmcse download --source {wildcards.artifact} --registry {params.registry} "
         "--dest {output} --lock resources/sources.lock.json {params.extra} 2> {log}"
@@ -45,6 +28,8 @@ rule extract:
         "logs/extract/{artifact}.log",
     benchmark:
         "results/benchmarks/extract/{artifact}.tsv"
+    conda:
+        "../../envs/kdmcse.yaml"
     shell:
         "python -m kdmcse extract --archive {input} --dest {output} 2> {log}"
 
@@ -62,42 +47,10 @@ rule prepare_wiki:
         max_lines=lambda w: (
             f"--max-lines {config['wiki']['max_lines']}" if config["wiki"]["max_lines"] else ""
         ),
+    conda:
+        "../../envs/kdmcse.yaml"
     shell:
         "python -m kdmcse prepare wiki --input {input} --out {output} {params.max_lines} 2> {log}"
-
-
-def caption_corpus(name):
-    if name not in config["captions"]:
-        raise ValueError(f"caption corpus {name!r} is not defined under config key 'captions'")
-    return config["captions"][name]
-
-
-def captions_inputs(w):
-    cap = caption_corpus(w.pairs)
-    if cap["format"] == "demo":
-        return {}
-    return {"annotations": download_path(cap["annotations"]), "images": extracted(cap["images"])}
-
-
-def images_dir(name):
-    cap = caption_corpus(name)
-    if cap["format"] == "demo":
-        # The demo photos are written by the prepare step itself (they ship inside installed packages).
-        return f"resources/images/{name}"
-    sub = cap.get("images_subdir", "")
-    return f"{extracted(cap['images'])}/{sub}".rstrip("/")
-
-
-def prepare_captions_args(w, input):
-    cap = caption_corpus(w.pairs)
-    args = ["--dataset", cap["format"], "--images-dir", images_dir(w.pairs)]
-    if cap["format"] != "demo":
-        args += ["--input", input.annotations]
-    if cap.get("one_caption_per_image"):
-        args += ["--one-caption-per-image"]
-    if cap.get("max_images"):
-        args += ["--max-images", str(cap["max_images"])]
-    return " ".join(map(shlex_quote, args))
 
 
 rule prepare_captions:
@@ -112,5 +65,7 @@ rule prepare_captions:
     params:
         args=lambda w, input: prepare_captions_args(w, input),
         spec=lambda w: json.dumps(caption_corpus(w.pairs), sort_keys=True),
+    conda:
+        "../../envs/kdmcse.yaml"
     shell:
         "python -m kdmcse prepare captions {params.args} --out {output} 2> {log}"

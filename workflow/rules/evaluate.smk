@@ -1,15 +1,6 @@
 # Students -> metrics JSON (STS + alignment/uniformity; SentEval transfer tasks for the cells that need them).
 
 
-def cell_args(w):
-    cell = cell_of(w)
-    pairs = {**cell.as_dict(), "seed": w.seed}
-    return " ".join(shlex_quote(f"{k}={v}") for k, v in pairs.items())
-
-
-EVAL_CODE = code_version("evaluate", "encoding", "sts", "alignment", "transfer", "senteval_data")
-
-
 rule evaluate_sts:
     input:
         model=f"results/students/{CELL}/seed~{{seed}}/model",
@@ -28,6 +19,8 @@ rule evaluate_sts:
     threads: 2
     resources:
         gpu=1,
+    conda:
+        "../../envs/kdmcse.yaml"
     shell:
         "python -m kdmcse evaluate --model {input.model} --pooling {params.pooling} --tasks sts "
         "--data {input.senteval} --batch-size {params.batch_size} --out {output} --cell {params.cell} 2> {log}"
@@ -51,6 +44,8 @@ rule evaluate_transfer:
     threads: 2
     resources:
         gpu=1,
+    conda:
+        "../../envs/kdmcse.yaml"
     shell:
         "python -m kdmcse evaluate --model {input.model} --pooling {params.pooling} --tasks transfer "
         "--data {input.senteval} --batch-size {params.batch_size} --out {output} --cell {params.cell} 2> {log}"

@@ -52,6 +52,8 @@ rule report:
         paper="config/paper_results.yaml",
         note=lambda w: (f"--caption-note {shlex_quote(config['report']['caption_note'])}" if config["report"]["caption_note"] else ""),
         code=code_version("report", "tables", "plots", "significance", "metrics_io"),
+    conda:
+        "../../envs/kdmcse.yaml"
     shell:
         "python -m kdmcse report --main {input.main} --margin-ablation {input.margin} "
         "--threshold-ablation {input.threshold} --transfer {input.transfer} --paper {params.paper} "

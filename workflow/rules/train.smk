@@ -1,22 +1,6 @@
 # Corpora + teacher cache -> one student per (cell, seed).
 
 
-def train_inputs(w):
-    cell = cell_of(w)
-    inputs = {"text": "results/corpora/wiki.parquet", "senteval": SENTEVAL}
-    pairs = config["datasets"][cell.dataset]["pairs"]
-    if cell.objective != "simcse" and pairs:
-        inputs["pairs"] = f"results/corpora/captions_{pairs}.parquet"
-        inputs["teacher"] = f"results/teacher/{pairs}/{config['teacher']}/captions.parquet"
-    return inputs
-
-
-def train_pair_args(w, input):
-    if "pairs" not in input.keys():
-        return ""
-    return f"--pairs {shlex_quote(input.pairs)} --teacher {shlex_quote(str(Path(input.teacher).parent))}"
-
-
 rule train:
     input:
         unpack(train_inputs),
@@ -36,6 +20,8 @@ rule train:
     threads: 4
     resources:
         gpu=1,
+    conda:
+        "../../envs/kdmcse.yaml"
     shell:
         "python -m kdmcse train --run-config {params.run_config:q} --text {input.text} {params.pair_args} "
         "--senteval {input.senteval} --seed {wildcards.seed} --out {params.out_dir} 2> {log}"
