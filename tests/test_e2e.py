@@ -49,7 +49,7 @@ def job_counts(out: str) -> dict[str, int]:
 def workdir(tmp_path_factory: pytest.TempPathFactory):
     """A fresh copy of the workflow (as a user's clone would have it) plus the tiny config, with the server up."""
     work = tmp_path_factory.mktemp("e2e")
-    for name in ("Snakefile", "workflow", "config", "profiles"):
+    for name in ("Snakefile", "workflow", "config", "profiles", "envs"):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
     student = build_tiny_bert(work / "models" / "tiny-bert")

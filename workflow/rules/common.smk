@@ -179,6 +179,12 @@ def train_inputs(w):
     return inputs
 
 
+def train_launcher():
+    """Plain python for one device; torchrun (single node, DDP) when a job gets several GPUs."""
+    n = config["train"]["gpus_per_job"]
+    return "python" if n == 1 else f"torchrun --standalone --nproc_per_node={n}"
+
+
 def train_pair_args(w, input):
     if "pairs" not in input.keys():
         return ""

@@ -15,13 +15,14 @@ rule train:
     params:
         run_config=lambda w: json.dumps(run_config(config, cell_of(w)), sort_keys=True),
         pair_args=train_pair_args,
+        launcher=train_launcher(),
         out_dir=lambda w: student_dir(cell_of(w), w.seed),
         code=code_version("train", "model", "losses", "mixing", "checkpoint", "distributed"),
     threads: 4
     resources:
-        gpu=1,
+        gpu=config["train"]["gpus_per_job"],
     conda:
         "../../envs/kdmcse.yaml"
     shell:
-        "python -m kdmcse train --run-config {params.run_config:q} --text {input.text} {params.pair_args} "
+        "{params.launcher} -m kdmcse train --run-config {params.run_config:q} --text {input.text} {params.pair_args} "
         "--senteval {input.senteval} --seed {wildcards.seed} --out {params.out_dir} 2> {log}"
