@@ -23,12 +23,10 @@ import argparse
 import contextlib
 import datetime as _dt
 import fcntl
-import hashlib
 import http.client
 import logging
 import os
 import re
-import shutil
 import time
 import urllib.error
 import urllib.parse
@@ -42,7 +40,7 @@ from tqdm import tqdm
 
 from kdmcse import __version__
 from kdmcse.errors import KdmcseError
-from kdmcse.io import read_json, write_json
+from kdmcse.io import read_json, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -185,13 +183,6 @@ def _record_lock(lock_path: Path | None, lock_key: str, name: str, sha: str, siz
 # ----------------------------------------------------------------------------- transfers
 
 
-def sha256_of(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _progress(total: int | None, initial: int, desc: str) -> tqdm:
     return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
@@ -330,7 +321,7 @@ def fetch(
     size = source.size if own_file else None
 
     if dest.is_file():
-        got = sha256_of(dest)
+        got = sha256_file(dest)
         if expected is None or got == expected:
             log.info("%s already present at %s (sha256 %s)", name, dest, got)
             _record_lock(lock_path, lock_key, name, got, dest.stat().st_size, str(dest))
@@ -367,7 +358,7 @@ def fetch(
                 if resumed:
                     continue
                 break
-            got = sha256_of(part)
+            got = sha256_file(part)
             if expected is not None and got != expected:
                 part.unlink()
                 attempts.add(cand.label, f"sha256 {got} != expected {expected} (from {expected_from})")

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
 from kdmcse.errors import KdmcseError
+
+if TYPE_CHECKING:  # torch is imported lazily so the schedule maths stays importable without it
+    import torch
 
 
 @dataclass(frozen=True)

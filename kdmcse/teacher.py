@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -38,7 +37,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from kdmcse.errors import KdmcseError
-from kdmcse.io import atomic_path, read_json, write_json
+from kdmcse.io import atomic_path, read_json, sha256_file, write_json
 from kdmcse.teacher_cache import write_teacher_cache
 
 log = logging.getLogger(__name__)
@@ -63,13 +62,6 @@ class CaptionTable:
     image_ids: list[str]  # unique, order of first appearance
     image_paths: list[str]
 
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_caption_table(path: str | os.PathLike[str]) -> CaptionTable:

@@ -16,11 +16,9 @@ every batch and the loss is computed on the gathered global batch (`kdmcse.distr
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
-import os
 import platform
 import random
 import time
@@ -45,7 +43,6 @@ from kdmcse.distributed import (
     DistContext,
     average_gradients,
     barrier,
-    broadcast_object,
     gather_objects,
     gather_rows,
     init_distributed,
@@ -54,8 +51,8 @@ from kdmcse.distributed import (
     shutdown_distributed,
 )
 from kdmcse.errors import KdmcseError
-from kdmcse.io import write_json
-from kdmcse.mixing import MixedBatches, MixSchedule, TokenizedTexts, mixing_schedule
+from kdmcse.io import sha256_file, write_json
+from kdmcse.mixing import MixedBatches, TokenizedTexts, mixing_schedule
 
 log = logging.getLogger(__name__)
 
@@ -144,13 +141,6 @@ def validate_run_config(cfg: Any) -> dict[str, Any]:
     return cfg
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _read_column_table(path: Path, columns: list[str], what: str) -> Any:
     import pyarrow.parquet as pq
@@ -220,7 +210,7 @@ def check_inputs(cfg: dict[str, Any], text: Path, pairs: Path | None, teacher: P
             raise KdmcseError(f"--pairs caption table {pairs} has no rows")
         from kdmcse.teacher_cache import open_teacher_cache
 
-        expect = dict(cfg["teacher"], captions_sha256=file_sha256(pairs))
+        expect = dict(cfg["teacher"], captions_sha256=sha256_file(pairs))
         cache = open_teacher_cache(teacher, expect=expect)
     if senteval is not None:
         dev = senteval / "STS" / "STSBenchmark" / "sts-dev.csv"

@@ -15,6 +15,7 @@ import torch
 from kdmcse import teacher as T
 from kdmcse.__main__ import main as kdmcse_main
 from kdmcse.errors import KdmcseError
+from kdmcse.io import sha256_file
 from kdmcse.teacher_cache import open_teacher_cache, text_sha256
 
 open_clip = pytest.importorskip("open_clip")
@@ -132,7 +133,7 @@ def test_cache_rows_equal_direct_open_clip_calls(dataset, tiny_config, tmp_path,
     # metadata round trip
     assert cache.meta["random_init"] is True and cache.meta["pretrained"] == "none"
     assert cache.meta["normalised"] is False and cache.meta["precision"] == "fp32"
-    assert cache.meta["captions_sha256"] == T.sha256_file(captions)
+    assert cache.meta["captions_sha256"] == sha256_file(captions)
     assert cache.meta["versions"]["open_clip"] == open_clip.__version__
     assert cache.meta["versions"]["torch"] == torch.__version__
     assert cache.meta["model_config"] == TINY_CFG
@@ -274,7 +275,7 @@ def test_cli_runs_with_relative_image_paths(tmp_path, tiny_config, monkeypatch, 
             "--pretrained", "none", "--model-config", str(tiny_config), "--device", "cpu", "--workers", "0",
             "--batch-size", "2"]
     assert kdmcse_main(argv) == 0
-    cache = open_teacher_cache(tmp_path / "cache", expect={"captions_sha256": T.sha256_file(captions)})
+    cache = open_teacher_cache(tmp_path / "cache", expect={"captions_sha256": sha256_file(captions)})
     assert cache.caption_emb.shape == (6, 24)
 
     assert kdmcse_main(argv[:-4] + ["--precision", "fp16", "--device", "cpu"]) == 2
@@ -315,7 +316,7 @@ def test_local_checkpoint_is_recognised_by_its_checksum(tmp_path, tiny_config, m
     torch.save(teacher.model.state_dict(), ckpt)
     loaded = T.load_teacher(TINY_MODEL, str(ckpt), model_config=tiny_config, device="cpu")
     assert loaded.meta["pretrained"] == "weights.pt" and loaded.meta["pretrained_source"] == "file"
-    assert loaded.meta["pretrained_sha256"] == T.sha256_file(ckpt) and loaded.meta["random_init"] is False
+    assert loaded.meta["pretrained_sha256"] == sha256_file(ckpt) and loaded.meta["random_init"] is False
     for a, b in zip(teacher.model.state_dict().values(), loaded.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)  # the weights really came from the file
 

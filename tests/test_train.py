@@ -14,8 +14,9 @@ import torch
 from kdmcse import train as train_mod
 from kdmcse.distributed import DistContext
 from kdmcse.errors import KdmcseError
+from kdmcse.io import sha256_file
 from kdmcse.losses import LossSettings
-from kdmcse.mixing import TokenizedTexts, mixing_schedule
+from kdmcse.mixing import mixing_schedule
 from kdmcse.teacher_cache import write_teacher_cache
 
 WORDS = ("man woman dog cat two people street water red blue green white black young little playing sitting "
@@ -46,7 +47,7 @@ def write_fixture_data(root: Path, n_text: int = 24, n_img: int = 5, caps_per_im
     teacher = root / "teacher"
     write_teacher_cache(teacher, image_ids=image_ids, image_emb=img_emb, caption_ids=np.arange(len(caps)),
                         caption_image_ids=cap_img, caption_texts=caps, caption_emb=cap_emb,
-                        meta=dict(TEACHER, captions_sha256=train_mod.file_sha256(pairs)))
+                        meta=dict(TEACHER, captions_sha256=sha256_file(pairs)))
     senteval = root / "senteval"
     sts = senteval / "STS" / "STSBenchmark"
     sts.mkdir(parents=True)
