@@ -128,6 +128,14 @@ def test_first_run_reaches_the_tables(workdir):
     assert meta["run_config"]["margin2"] == 0.15
 
 
+def test_html_report_has_the_tables_and_plots(workdir):
+    work, _ = workdir
+    snakemake(work, "--report", "results/report.html")
+    html = (work / "results" / "report.html").read_text(encoding="utf-8", errors="replace")
+    for name in ("main.tex", "ablation_margin.tex", "align_uniform.png"):
+        assert name in html
+
+
 def test_second_run_does_nothing(workdir):
     work, _ = workdir
     out = snakemake(work, "results/tables/main.tex", "-n")
