@@ -311,7 +311,7 @@ def build_main_table(records: list[MetricsRecord], paper: list[PaperEntry], note
     rows, others = _main_like_rows(configs, STS_COLUMNS, paper, "sts")
     notes = _convention_notes(configs, STS_COLUMNS, expected_n)
     if paper:
-        notes.append("Reported rows: config/paper_results.yaml (source and trust tag per row; method.md §0 rates "
+        notes.append("Reported rows: config/paper_results.yaml (source and trust tag per row; docs/method.md §0 rates "
                      "the tags); Δ = ours − reported.")
     else:
         notes.append("No reported numbers were given (--paper).")
