@@ -22,4 +22,4 @@ rule teacher:
         "../../envs/kdmcse.yaml"
     shell:
         "python -m kdmcse teacher --captions {input.captions} --out-dir {params.out_dir} "
-        "--workers {threads} {params.args} 2> {log}"
+        "--workers {threads} --threads {threads} {params.args} 2> {log}"
