@@ -47,7 +47,7 @@ def wiki_text(n: int = 96, seed: int = 0) -> bytes:
 
 
 def senteval_tar(pairs_per_file: int = 24, seed: int = 0) -> bytes:
-    """The `senteval.tar` layout (top-level STS/ and SICK/) with every STS subset, STS-B and SICK."""
+    """The `senteval.tar` layout: every STS subset, STS-B, SICK and the 7 transfer tasks."""
     rng = random.Random(seed)
     files: dict[str, str] = {}
     for year, subsets in STS_SUBSETS.items():
@@ -67,6 +67,7 @@ def senteval_tar(pairs_per_file: int = 24, seed: int = 0) -> bytes:
         body = "pair_ID\tsentence_A\tsentence_B\trelatedness_score\tentailment_judgment\n"
         body += "".join(f"{i}\t{a}\t{b}\t{1 + s * 0.8:.1f}\tNEUTRAL\n" for i, (a, b, s) in enumerate(rows))
         files[f"SICK/SICK_{split}.txt"] = body
+    files.update(transfer_files(rng))
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for name, text in sorted(files.items()):
@@ -75,6 +76,32 @@ def senteval_tar(pairs_per_file: int = 24, seed: int = 0) -> bytes:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
+
+
+def transfer_files(rng: random.Random, per_class: int = 24) -> dict[str, str]:
+    """The 7 transfer tasks in their file layouts, with labels a bag of words can learn (one cue word each)."""
+
+    def labelled(label: int) -> str:
+        return sentence(rng) + (" good" if label else " bad")
+
+    files: dict[str, str] = {}
+    for folder, pos, neg in [("MR", "rt-polarity.pos", "rt-polarity.neg"), ("CR", "custrev.pos", "custrev.neg"),
+                             ("SUBJ", "subj.objective", "subj.subjective"), ("MPQA", "mpqa.pos", "mpqa.neg")]:
+        files[f"{folder}/{pos}"] = "".join(labelled(1) + "\n" for _ in range(per_class))
+        files[f"{folder}/{neg}"] = "".join(labelled(0) + "\n" for _ in range(per_class))
+    for split, n in (("train", per_class * 2), ("dev", per_class), ("test", per_class)):
+        rows = [(labelled(i % 2), i % 2) for i in range(n)]
+        files[f"SST/binary/sentiment-{split}"] = "".join(f"{t}\t{y}\n" for t, y in rows)
+    coarse = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
+    for name, n in (("train_5500.label", per_class * 3), ("TREC_10.label", per_class)):
+        files[f"TREC/{name}"] = "".join(f"{coarse[i % 6]}:other {sentence(rng)} {coarse[i % 6].lower()}\n" for i in range(n))
+    header = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+    for name, n in (("msr_paraphrase_train.txt", per_class * 2), ("msr_paraphrase_test.txt", per_class)):
+        body = "".join(
+            f"{i % 2}\t{i}\t{i + 1}\t{(s := sentence(rng))}\t{s if i % 2 else sentence(rng)}\n" for i in range(n)
+        )
+        files[f"MRPC/{name}"] = header + body
+    return files
 
 
 def jpeg(seed: int, size: int = 48) -> bytes:

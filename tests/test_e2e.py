@@ -94,7 +94,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory):
                     "threshold": {"dataset": "wiki+tiny", "backbone": "tiny", "objective": "kdmcse", "values": ["off", 0.9]},
                 },
             },
-            "evaluate": {"transfer": "none", "batch_size": 16},
+            "evaluate": {"transfer": "main", "batch_size": 16},
             "report": {"caption_note": "Fixture run: random-init tiny models."},
         }
         (work / "e2e.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -106,6 +106,7 @@ def test_first_run_reaches_the_tables(workdir):
     out = snakemake(work, "results/tables/main.tex")
     counts = job_counts(out)
     assert counts["train"] == 5 and counts["evaluate_sts"] == 5 and counts["teacher"] == 1
+    assert counts["evaluate_transfer"] == 3  # SimCSE, MCSE, KDMCSE of the main table
     # Every download went through the mirror on 127.0.0.1.
     served = {path for path, _ in server.requests}
     assert {"/wiki1m_for_simcse.txt", "/senteval.tar", "/annotations_trainval2014.zip", "/train2014.zip"} <= served
@@ -114,6 +115,9 @@ def test_first_run_reaches_the_tables(workdir):
     assert len(main) >= 3  # SimCSE, MCSE, KDMCSE rows
     tex = (work / "results" / "tables" / "main.tex").read_text()
     assert "Fixture run: random-init tiny models." in tex
+    transfer = pd.read_csv(work / "results" / "tables" / "transfer.csv")
+    ours = transfer[transfer["kind"] == "ours"]
+    assert len(ours) == 3 and ours["MRPC_mean"].between(0, 100).all()
     for name in ("ablation_margin", "ablation_threshold"):
         assert (work / "results" / "tables" / f"{name}.tex").stat().st_size > 0
     for name in ("align_uniform", "ablation_margin", "ablation_threshold"):
