@@ -134,7 +134,7 @@ def prepare_captions_args(w, input):
     if cap["format"] != "demo":
         args += ["--input", input.annotations]
     if cap.get("one_caption_per_image"):
-        args += ["--one-caption-per-image"]
+        args += ["--one-caption-per-image", "--seed", str(cap.get("seed", 0))]
     if cap.get("max_images"):
         args += ["--max-images", str(cap["max_images"])]
     return " ".join(map(shlex_quote, args))
