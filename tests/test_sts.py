@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import tarfile
 import zlib
 from pathlib import Path
 
@@ -175,14 +174,6 @@ def test_full_set_alignment_uses_all_positive_pairs() -> None:
 
 
 # ---------------------------------------------------------------- real data, real model
-@pytest.fixture(scope="module")
-def real_root(mirror_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("senteval-real")
-    with tarfile.open(mirror_dir / "senteval.tar") as tar:
-        tar.extractall(out, filter="data")
-    return out
-
-
 @pytest.mark.mirror
 def test_zero_shot_minilm_scores_are_plausible(real_root: Path, minilm_dir: Path) -> None:
     from kdmcse.encoding import load_encoder
