@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdmcse.alignment import align_uniform, senteval_order
-from kdmcse.encoding import SentenceEncoder, load_encoder
-from kdmcse.sts import STS_TASKS, STS_YEARS, PairEmbeddings, evaluate_sts, load_sts_suite, score_suite
+from kdmcse.evaluate.encoder import SentenceEncoder, load_encoder
+from kdmcse.evaluate.geometry import align_uniform, senteval_order
+from kdmcse.evaluate.sts import STS_TASKS, STS_YEARS, PairEmbeddings, evaluate_sts, load_sts_suite, score_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@
                                        [--model ViT-B-32] [--open-coco-cache]
 
 Rows (images/s and captions/s, each part timed on its own):
-- stage     `kdmcse.teacher.run_teacher` end to end: DataLoader workers decoding JPEGs, chunked and resumable,
+- stage     `kdmcse.teacher.run.run_teacher` end to end: DataLoader workers decoding JPEGs, chunked and resumable,
             captions tokenized in a worker, sorted by length, padding cut;
 - (a) bare  `model.encode_image` / `model.encode_text` on tensors already decoded, preprocessed and tokenized,
             in batches of the same size (the model alone: an upper bound for a pipeline that does no extra work);
@@ -32,8 +32,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from kdmcse import teacher as T
-from kdmcse.teacher_cache import open_teacher_cache, write_teacher_cache
+from kdmcse.teacher import run as T
+from kdmcse.teacher.cache import open_teacher_cache, write_teacher_cache
 
 WORDS = ("a man woman dog cat child two three people red blue green small large old young is are on in at with near "
          "the street water grass snow beach park running sitting standing playing riding walking looking holding "

@@ -4,7 +4,7 @@
 
 Random-init BERTs (no downloads): `mid` (h128, 4 layers, the paper's batch of 64, whose step takes ~50–200 ms on
 2 CPU cores) and `base` (the bert-base architecture with a small batch). Each step runs the training code's own pieces
-(`kdmcse.train.make_batch`, `encode_cls`, `losses_from_cls`) on the KDMCSE objective, text-only and paired
+(`kdmcse.train.loop.make_batch`, `encode_cls`, `losses_from_cls`) on the KDMCSE objective, text-only and paired
 steps timed separately. The encoder backward is separated from the heads' by cutting the graph at the CLS
 vectors. Goal: everything but the encoder forward/backward at most 5 % of the step at the mid size.
 """
@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdmcse import train as T
-from kdmcse.distributed import DistContext
-from kdmcse.losses import LossSettings
-from kdmcse.mixing import TokenizedTexts
+from kdmcse.train import loop as T
+from kdmcse.train.distributed import DistContext
+from kdmcse.train.losses import LossSettings
+from kdmcse.train.mixing import TokenizedTexts
 
 CONFIGS = {
     # name: (hidden, layers, heads, batch)
@@ -64,7 +64,7 @@ def sync(device: torch.device) -> None:
 
 
 def bench(name: str, steps: int, device: torch.device) -> list[dict]:
-    from kdmcse.model import StudentModel, load_tokenizer
+    from kdmcse.train.model import StudentModel, load_tokenizer
 
     hidden, layers, heads, bs = CONFIGS[name]
     rng = np.random.default_rng(0)

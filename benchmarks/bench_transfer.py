@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdmcse.transfer import TASKS, evaluate_transfer
+from kdmcse.evaluate.transfer import TASKS, evaluate_transfer
 
 DEFAULT_TAR = Path(__file__).resolve().parents[1].parent / "shared" / "mirror" / "senteval.tar"
 

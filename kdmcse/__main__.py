@@ -1,4 +1,4 @@
-"""`python -m kdmcse <stage> …`: dispatch to `kdmcse/<stage>.py:main(argv)`."""
+"""`python -m kdmcse <stage> …`: dispatch to the `main(argv)` of the stage's module (see STAGES)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from kdmcse.errors import KdmcseError
 
 # stage name -> module; each module exposes main(argv) -> int
 STAGES = {
-    "download": "kdmcse.download",
-    "extract": "kdmcse.archive",
-    "prepare": "kdmcse.prepare",
-    "teacher": "kdmcse.teacher",
-    "train": "kdmcse.train",
-    "evaluate": "kdmcse.evaluate",
-    "report": "kdmcse.report",
+    "download": "kdmcse.data.download",
+    "extract": "kdmcse.data.archive",
+    "prepare": "kdmcse.data.prepare",
+    "teacher": "kdmcse.teacher.run",
+    "train": "kdmcse.train.loop",
+    "evaluate": "kdmcse.evaluate.cli",
+    "report": "kdmcse.report.cli",
     "config": "kdmcse.config",
 }
 

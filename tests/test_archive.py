@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kdmcse.archive import extract, main
+from kdmcse.data.archive import extract, main
 from kdmcse.errors import KdmcseError
 
 # A tiny stand-in for senteval.tar in its real layout (members STS/…, SICK/…, MR/…).

@@ -14,9 +14,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from kdmcse import train as train_mod
-from kdmcse.distributed import DistContext, init_distributed, shard_rows, shard_sizes, shutdown_distributed
-from kdmcse.losses import LossSettings
+from kdmcse.train import loop as train_mod
+from kdmcse.train.distributed import DistContext, init_distributed, shard_rows, shard_sizes, shutdown_distributed
+from kdmcse.train.losses import LossSettings
 
 WORLD = 2
 ROWS = np.array([9, 0, 4, 8, 2])  # odd size: shards of 3 and 2 rows exercise the padded gather
@@ -29,7 +29,7 @@ def free_port() -> int:
 
 
 def build_student(model_dir: Path, teacher_dim: int):
-    from kdmcse.model import StudentModel
+    from kdmcse.train.model import StudentModel
 
     torch.manual_seed(0)
     return StudentModel.from_pretrained(model_dir, proj_dim=6, teacher_dim=teacher_dim, dropout=0.0)
@@ -40,7 +40,7 @@ def loss_and_grads(student, tdata, settings, ctx: DistContext, paired: bool):
     parts = train_mod.step_losses(student, batch, settings, ctx, train_mod.nullcontext)
     student.zero_grad(set_to_none=True)
     parts["total"].backward()
-    from kdmcse.distributed import average_gradients
+    from kdmcse.train.distributed import average_gradients
 
     average_gradients(student.parameters(), ctx)
     grads = {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
@@ -83,8 +83,9 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def spawned(tiny_bert_dir, data, tmp_path_factory):
     """Run both jobs on 2 gloo processes; return what the single-process checks need."""
-    from kdmcse.model import load_tokenizer
     from test_train import DIM, cli, run_config
+
+    from kdmcse.train.model import load_tokenizer
 
     work = tmp_path_factory.mktemp("ddp-work")
     # threshold on, so the teacher mask is part of what must agree across processes

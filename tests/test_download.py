@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-
-from kdmcse.download import Source, fetch, get_source, load_registry, main
-from kdmcse.errors import KdmcseError
 from http_server import FixtureServer
+
+from kdmcse.data.download import Source, fetch, get_source, load_registry, main
+from kdmcse.errors import KdmcseError
 
 ROOT = Path(__file__).resolve().parents[1]
 # Fixture content in the real format (one Wikipedia-style sentence per line), large enough to span chunks.

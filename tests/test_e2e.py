@@ -17,7 +17,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import build_tiny_bert
 from e2e_fixtures import TINY_CLIP, coco_archives, senteval_tar, wiki_text
 from http_server import FixtureServer

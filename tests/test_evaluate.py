@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from test_senteval_data import write_senteval_tree
 
-from kdmcse import evaluate
 from kdmcse.errors import KdmcseError
-from kdmcse.sts import STS_TASKS, STS_YEARS
+from kdmcse.evaluate import cli as evaluate
+from kdmcse.evaluate.sts import STS_TASKS, STS_YEARS
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_transfer_family_calls_the_transfer_evaluator(tmp_path: Path, tiny_bert_
         calls.append((Path(data), encoder.encode(["a dog"]).shape))
         return {"MR": {"acc": 80.0}, "MRPC": {"acc": 70.0, "f1": 75.0}, "avg": 75.0}
 
-    monkeypatch.setitem(sys.modules, "kdmcse.transfer", types.SimpleNamespace(evaluate_transfer=fake_transfer))
+    monkeypatch.setitem(sys.modules, "kdmcse.evaluate.transfer", types.SimpleNamespace(evaluate_transfer=fake_transfer))
     out = tmp_path / "t.json"
     evaluate.main(["--model", str(tiny_bert_dir), "--tasks", "transfer", "--data", str(data_dir), "--out", str(out),
                    "--device", "cpu"])

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from kdmcse.errors import KdmcseError
-from kdmcse.losses import (
+from kdmcse.train.losses import (
     MASK_VALUE,
     LossSettings,
     angular_logits,

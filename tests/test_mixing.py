@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from kdmcse.errors import KdmcseError
-from kdmcse.mixing import CyclingBatches, MixedBatches, TokenizedTexts, mixing_schedule
+from kdmcse.train.mixing import CyclingBatches, MixedBatches, TokenizedTexts, mixing_schedule
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from kdmcse.errors import KdmcseError
-from kdmcse.model import StudentModel, default_heads_path, load_student, load_tokenizer, save_student
+from kdmcse.train.model import StudentModel, default_heads_path, load_student, load_tokenizer, save_student
 
 SENTENCES = ["a man is playing with a dog", "two children", "the red car near the street is very good"]
 
@@ -144,7 +144,7 @@ def test_save_is_atomic_and_replaces_an_existing_dir(student, tiny_bert_dir, tmp
     save_student(student, tok, out)
     assert not (out / "stale.txt").exists()
 
-    import kdmcse.model as km
+    import kdmcse.train.model as km
 
     def boom(*a, **k):
         raise RuntimeError("disk full")

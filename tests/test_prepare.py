@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from kdmcse.archive import extract
-from kdmcse.demo_images import PHOTOS
+from kdmcse.data.archive import extract
+from kdmcse.data.demo_images import PHOTOS
+from kdmcse.data.prepare import detect_flickr_layout, main, prepare_captions, prepare_wiki
 from kdmcse.errors import KdmcseError
-from kdmcse.prepare import detect_flickr_layout, main, prepare_captions, prepare_wiki
 
 # Three Flickr-style images with their captions; one caption is NaN-like (empty) and one is too long.
 LONG = "A " + "very " * 70 + "long caption ."  # > 300 characters

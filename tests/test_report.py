@@ -16,11 +16,11 @@ from scipy import stats
 
 from kdmcse.__main__ import main as cli_main
 from kdmcse.errors import KdmcseError
-from kdmcse.metrics_io import STS_COLUMNS, TRANSFER_COLUMNS, read_metrics_group
-from kdmcse.paper_results import load_paper_results
-from kdmcse.plots import plot_ablation, plot_align_uniform
-from kdmcse.report import main as report_main
-from kdmcse.significance import paired_seed_test
+from kdmcse.evaluate.metrics_io import STS_COLUMNS, TRANSFER_COLUMNS, read_metrics_group
+from kdmcse.report.cli import main as report_main
+from kdmcse.report.paper_results import load_paper_results
+from kdmcse.report.plots import plot_ablation, plot_align_uniform
+from kdmcse.report.significance import paired_seed_test
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "config" / "paper_results.yaml"

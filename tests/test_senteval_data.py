@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kdmcse import senteval_data as sd
+from kdmcse.data import senteval as sd
 from kdmcse.errors import KdmcseError
 
 WORDS = "a man woman dog cat is are playing sitting on the red blue grass street two people near water".split()

@@ -11,9 +11,9 @@ import pytest
 from scipy.stats import spearmanr
 from test_senteval_data import write_senteval_tree
 
-from kdmcse import alignment as al
-from kdmcse import sts
-from kdmcse.senteval_data import StsPairs, read_stsb
+from kdmcse.data.senteval import StsPairs, read_stsb
+from kdmcse.evaluate import geometry as al
+from kdmcse.evaluate import sts
 
 
 class FakeEncoder:
@@ -176,7 +176,7 @@ def test_full_set_alignment_uses_all_positive_pairs() -> None:
 # ---------------------------------------------------------------- real data, real model
 @pytest.mark.mirror
 def test_zero_shot_minilm_scores_are_plausible(real_root: Path, minilm_dir: Path) -> None:
-    from kdmcse.encoding import load_encoder
+    from kdmcse.evaluate.encoder import load_encoder
 
     enc = load_encoder(minilm_dir, pooling="avg", batch_size=128, device="cpu")
     enc.show_progress = False

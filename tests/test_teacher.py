@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from kdmcse import teacher as T
 from kdmcse.__main__ import main as kdmcse_main
 from kdmcse.errors import KdmcseError
 from kdmcse.io import sha256_file
-from kdmcse.teacher_cache import open_teacher_cache, text_sha256
+from kdmcse.teacher import run as T
+from kdmcse.teacher.cache import open_teacher_cache, text_sha256
 
 open_clip = pytest.importorskip("open_clip")
 

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from kdmcse.errors import KdmcseError
-from kdmcse.teacher_cache import (
+from kdmcse.teacher.cache import (
     META_KEY,
     open_teacher_cache,
     read_cache_meta,

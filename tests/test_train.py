@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 import torch
 
-from kdmcse import train as train_mod
-from kdmcse.distributed import DistContext
 from kdmcse.errors import KdmcseError
 from kdmcse.io import sha256_file
-from kdmcse.losses import LossSettings
-from kdmcse.mixing import mixing_schedule
-from kdmcse.teacher_cache import write_teacher_cache
+from kdmcse.teacher.cache import write_teacher_cache
+from kdmcse.train import loop as train_mod
+from kdmcse.train.distributed import DistContext
+from kdmcse.train.losses import LossSettings
+from kdmcse.train.mixing import mixing_schedule
 
 WORDS = ("man woman dog cat two people street water red blue green white black young little playing sitting "
          "standing walking running riding near front group boy girl child children ball grass snow car road").split()
@@ -96,7 +96,7 @@ def weights(out: Path) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------- the step itself
 @pytest.mark.parametrize("objective", ["simcse", "mcse", "kdmcse"])
 def test_repeating_one_batch_lowers_each_objective(objective, tiny_bert_dir, data):
-    from kdmcse.model import StudentModel, load_tokenizer
+    from kdmcse.train.model import StudentModel, load_tokenizer
 
     torch.manual_seed(0)
     cfg = run_config(tiny_bert_dir, objective=objective)
@@ -129,7 +129,7 @@ def test_repeating_one_batch_lowers_each_objective(objective, tiny_bert_dir, dat
 
 
 def test_text_batch_collates_two_views(tiny_bert_dir, data):
-    from kdmcse.model import load_tokenizer
+    from kdmcse.train.model import load_tokenizer
 
     cfg = run_config(tiny_bert_dir, objective="simcse")
     inputs = train_mod.check_inputs(cfg, data["text"], None, None, None)
@@ -156,8 +156,8 @@ def test_train_writes_best_student_and_metadata(tiny_bert_dir, data, tmp_path):
     assert (out / "model" / "config.json").is_file() and (out / "heads.pt").is_file()
     assert not (out / "checkpoint").exists()  # resumable state is dropped once the outputs exist
     # the saved model scores what the run recorded as best
-    from kdmcse.encoding import load_encoder
-    from kdmcse.sts import stsb_dev_spearman
+    from kdmcse.evaluate.encoder import load_encoder
+    from kdmcse.evaluate.sts import stsb_dev_spearman
 
     score = stsb_dev_spearman(load_encoder(out / "model", device="cpu"), data["senteval"])
     assert score == pytest.approx(meta["best_dev_spearman"], abs=1e-4)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from kdmcse.errors import KdmcseError
-from kdmcse.linear_probe import Job, ProbeConfig, fit_batched, fit_reference
-from kdmcse.transfer import (
+from kdmcse.evaluate.linear_probe import Job, ProbeConfig, fit_batched, fit_reference
+from kdmcse.evaluate.transfer import (
     TASKS,
     binary_f1,
     evaluate_features,

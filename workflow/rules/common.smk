@@ -41,14 +41,22 @@ wildcard_constraints:
 CELL = "{dataset}/{backbone}/{objective}/margin~{margin}_threshold~{threshold}"
 
 
-def code_version(*modules):
-    """Package version plus a hash of the stage's modules, so code edits rerun the stage (Snakemake can't see them)."""
+def code_version(*parts):
+    """Package version plus a hash of the stage's code, so code edits rerun the stage (Snakemake can't see them).
+
+    A part is a subpackage (`train`: every module in it) or a module (`embedding`, `data/senteval`) of kdmcse/.
+    """
     root = Path(kdmcse.__file__).parent
     h = hashlib.sha256()
-    for m in modules:
-        p = root / f"{m}.py"
-        if p.exists():
-            h.update(p.read_bytes())
+    for part in parts:
+        folder = root / part
+        files = sorted(folder.rglob("*.py")) if folder.is_dir() else [root / f"{part}.py"]
+        missing = [f for f in files if not f.is_file()]
+        if missing or not files:
+            raise ValueError(f"code_version: no module kdmcse/{part}")
+        for f in files:
+            h.update(f.relative_to(root).as_posix().encode())
+            h.update(f.read_bytes())
     return f"{kdmcse.__version__}+{h.hexdigest()[:12]}"
 
 
@@ -199,4 +207,4 @@ def cell_args(w):
     return " ".join(shlex_quote(f"{k}={v}") for k, v in pairs.items())
 
 
-EVAL_CODE = code_version("evaluate", "encoding", "sts", "alignment", "transfer", "senteval_data")
+EVAL_CODE = code_version("evaluate", "data/senteval")

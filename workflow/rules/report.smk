@@ -51,7 +51,7 @@ rule report:
     params:
         paper="config/paper_results.yaml",
         note=lambda w: (f"--caption-note {shlex_quote(config['report']['caption_note'])}" if config["report"]["caption_note"] else ""),
-        code=code_version("report", "tables", "plots", "significance", "metrics_io"),
+        code=code_version("report", "evaluate/metrics_io"),
     conda:
         "../../envs/kdmcse.yaml"
     shell:

@@ -14,7 +14,7 @@ rule teacher:
     params:
         args=teacher_args,
         out_dir=lambda w: f"results/teacher/{w.pairs}/{w.teacher}",
-        code=code_version("teacher", "teacher_cache"),
+        code=code_version("teacher"),
     threads: 4
     resources:
         gpu=1,

@@ -258,7 +258,7 @@ def prepare_captions(dataset: str, input_path: str | os.PathLike[str] | None, im
     if max_images is not None and max_images < 1:
         raise KdmcseError(f"--max-images must be >= 1, got {max_images}")
     if dataset == "demo":
-        from kdmcse.demo_images import write_demo_images
+        from kdmcse.data.demo_images import write_demo_images
 
         photos = write_demo_images(images_dir)
         rows = [CaptionRow(image_id, file_name, c) for image_id, file_name, caps in photos for c in caps]

@@ -1,7 +1,7 @@
 """SentEval transfer tasks (MR, CR, SUBJ, MPQA, SST2, TREC, MRPC) in SentEval's test mode (method.md §5.4).
 
 Three protocols, as in SentEval's `senteval/tools/validation.py`, all with the `nhid 0` probe of
-`kdmcse.linear_probe` and the L2 grid {1e-5, 1e-4, 1e-3, 1e-2}:
+`kdmcse.evaluate.linear_probe` and the L2 grid {1e-5, 1e-4, 1e-3, 1e-2}:
 - `inner_kfold` (MR/CR/SUBJ/MPQA): stratified 10-fold; on each outer train fold an inner 10-fold picks L2 (each
   inner model early-stops on its inner test fold), then a model is refit on the outer train fold with a 5%
   validation split and scored on the outer test fold; acc = mean outer test accuracy.
@@ -25,9 +25,9 @@ from typing import Protocol
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-from kdmcse import senteval_data
+from kdmcse.data import senteval as senteval_data
 from kdmcse.errors import KdmcseError
-from kdmcse.linear_probe import FitResult, Job, ProbeConfig, fit_batched, fit_reference
+from kdmcse.evaluate.linear_probe import FitResult, Job, ProbeConfig, fit_batched, fit_reference
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ import logging
 import time
 from pathlib import Path
 
-from kdmcse.encoding import POOLINGS, load_encoder, resolve_device, resolve_model_dir
+from kdmcse.data.senteval import check_files, sts_files, transfer_files
 from kdmcse.errors import KdmcseError
+from kdmcse.evaluate.encoder import POOLINGS, load_encoder, resolve_device, resolve_model_dir
 from kdmcse.io import atomic_path, write_json
-from kdmcse.senteval_data import check_files, sts_files, transfer_files
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,8 @@ def write_csv(path: str | Path, row: dict) -> None:
 
 def run_evaluation(encoder, data_dir: str | Path, tasks: list[str]) -> dict:
     """The metric blocks (`sts`, `align_uniform`, `transfer`) for the requested task families."""
-    from kdmcse.alignment import align_uniform
-    from kdmcse.sts import evaluate_sts
+    from kdmcse.evaluate.geometry import align_uniform
+    from kdmcse.evaluate.sts import evaluate_sts
 
     out: dict = {}
     if "sts" in tasks:
@@ -99,7 +99,7 @@ def run_evaluation(encoder, data_dir: str | Path, tasks: list[str]) -> dict:
         out["align_uniform"] = align_uniform(suite, emb)
         log.info("STS done in %.1f s: avg %.2f", time.perf_counter() - t0, out["sts"]["avg"])
     if "transfer" in tasks:
-        from kdmcse.transfer import evaluate_transfer  # heavy classifier code, only when asked for
+        from kdmcse.evaluate.transfer import evaluate_transfer  # heavy classifier code, only when asked for
 
         t0 = time.perf_counter()
         out["transfer"] = evaluate_transfer(encoder, data_dir)

@@ -6,11 +6,11 @@ python -m kdmcse train --run-config JSON_OR_@FILE --text wiki.parquet
 ```
 
 What it reproduces (method §1.3–§4.1): text-only and image–caption batches interleaved by a fixed step
-(`kdmcse.mixing`); each sentence encoded twice in one forward (dropout views); AdamW (eps 1e-6, no weight
+(`kdmcse.train.mixing`); each sentence encoded twice in one forward (dropout views); AdamW (eps 1e-6, no weight
 decay) over every parameter with a linear decay to 0 and no warm-up; gradient clipping at 1.0; STS-B dev
 Spearman every `eval_steps` and at the last step, keeping the strictly best model. A checkpoint every
 `checkpoint_steps` lets a killed job resume to the same result. Under torchrun each process encodes a shard of
-every batch and the loss is computed on the gathered global batch (`kdmcse.distributed`).
+every batch and the loss is computed on the gathered global batch (`kdmcse.train.distributed`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from kdmcse.checkpoint import (
+from kdmcse.errors import KdmcseError
+from kdmcse.io import sha256_file, write_json
+from kdmcse.train.checkpoint import (
     capture_rng_state,
     load_checkpoint,
     remove_checkpoint,
@@ -39,7 +41,7 @@ from kdmcse.checkpoint import (
     run_fingerprint,
     save_checkpoint,
 )
-from kdmcse.distributed import (
+from kdmcse.train.distributed import (
     DistContext,
     average_gradients,
     barrier,
@@ -50,9 +52,7 @@ from kdmcse.distributed import (
     shard_sizes,
     shutdown_distributed,
 )
-from kdmcse.errors import KdmcseError
-from kdmcse.io import sha256_file, write_json
-from kdmcse.mixing import MixedBatches, TokenizedTexts, mixing_schedule
+from kdmcse.train.mixing import MixedBatches, TokenizedTexts, mixing_schedule
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def check_inputs(cfg: dict[str, Any], text: Path, pairs: Path | None, teacher: P
         caption_ids = table.column("caption_id").to_numpy().astype(np.int64)
         if not captions:
             raise KdmcseError(f"--pairs caption table {pairs} has no rows")
-        from kdmcse.teacher_cache import open_teacher_cache
+        from kdmcse.teacher.cache import open_teacher_cache
 
         expect = dict(cfg["teacher"], captions_sha256=sha256_file(pairs))
         cache = open_teacher_cache(teacher, expect=expect)
@@ -288,7 +288,7 @@ def encode_cls(student: Any, batch: StepBatch, autocast: Any) -> torch.Tensor:
 def losses_from_cls(student: Any, h: torch.Tensor, batch: StepBatch, settings: Any,
                     ctx: DistContext) -> dict[str, torch.Tensor]:
     """Heads and losses from the CLS vectors; the global batch is gathered so every rank gets the same loss."""
-    from kdmcse.losses import objective_loss
+    from kdmcse.train.losses import objective_loss
 
     n = h.shape[0] // 2
     z = student.mlp(h)
@@ -394,7 +394,7 @@ def _device_name(device: torch.device) -> str:
 
 def _write_outputs(out: Path, student: Any, tokenizer: Any, pooling: str, meta: dict[str, Any]) -> None:
     """model/ and heads.pt (save_student writes both atomically), then run_meta.json, the completion marker."""
-    from kdmcse.model import save_student
+    from kdmcse.train.model import save_student
 
     save_student(student, tokenizer, out / "model", pooling=pooling)
     write_json(out / "run_meta.json", meta)
@@ -414,8 +414,8 @@ def train(
     """Train one student and write `out/` (see module doc). Returns the run metadata."""
     from tqdm.auto import tqdm
 
-    from kdmcse.losses import LossSettings
-    from kdmcse.model import StudentModel, load_tokenizer
+    from kdmcse.train.losses import LossSettings
+    from kdmcse.train.model import StudentModel, load_tokenizer
 
     cfg = validate_run_config(run_config)
     settings = LossSettings.from_run_config(cfg)
@@ -469,8 +469,8 @@ def train(
         def evaluate(done: int) -> None:
             score = None
             if ctx.is_main and inputs.senteval is not None:
-                from kdmcse.encoding import SentenceEncoder
-                from kdmcse.sts import stsb_dev_spearman
+                from kdmcse.evaluate.encoder import SentenceEncoder
+                from kdmcse.evaluate.sts import stsb_dev_spearman
 
                 # `cls` selection must use the training MLP: the encoder's own pooler only receives it on save.
                 enc = SentenceEncoder(student.encoder, tokenizer, pooling=cfg["pooling"],

@@ -10,10 +10,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from kdmcse.metrics_io import read_metrics_group
-from kdmcse.paper_results import load_paper_results
-from kdmcse.plots import plot_ablation, plot_align_uniform, save_figure
-from kdmcse.tables import (
+from kdmcse.evaluate.metrics_io import read_metrics_group
+from kdmcse.report.paper_results import load_paper_results
+from kdmcse.report.plots import plot_ablation, plot_align_uniform, save_figure
+from kdmcse.report.tables import (
     build_ablation_table,
     build_main_table,
     build_transfer_table,

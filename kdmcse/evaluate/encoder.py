@@ -181,7 +181,7 @@ def _find_heads(model_dir: Path) -> Path | None:
 def load_mlp_head(heads_path: Path, hidden: int) -> torch.nn.Module | None:
     """The training MLP (`Linear(h, h) + Tanh`) from a student's heads.pt, or None if it holds none."""
     obj = torch.load(heads_path, map_location="cpu", weights_only=True)
-    # kdmcse.model.save_student writes {"mlp": TanhHead state dict ({"linear.weight", "linear.bias"}), …}
+    # kdmcse.train.model.save_student writes {"mlp": TanhHead state dict ({"linear.weight", "linear.bias"}), …}
     state = obj.get("mlp") if isinstance(obj, dict) else None
     if not isinstance(state, dict):
         return None

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from kdmcse.errors import KdmcseError
-from kdmcse.metrics_io import STS_COLUMNS, TRANSFER_COLUMNS
+from kdmcse.evaluate.metrics_io import STS_COLUMNS, TRANSFER_COLUMNS
 
 TABLE_COLUMNS = {"sts": STS_COLUMNS, "transfer": TRANSFER_COLUMNS}
 _REQUIRED = ("table", "objective", "backbone", "dataset", "label", "section", "source", "trust", "values")

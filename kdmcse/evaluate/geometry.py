@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial.distance import pdist
 
-from kdmcse.senteval_data import StsPairs
-from kdmcse.sts import STS_TASKS, STS_YEARS, PairEmbeddings, StsSuite, SuiteEmbeddings
+from kdmcse.data.senteval import StsPairs
+from kdmcse.evaluate.sts import STS_TASKS, STS_YEARS, PairEmbeddings, StsSuite, SuiteEmbeddings
 
 POSITIVE_GOLD = 4.0
 SENTEVAL_BATCH = 128

@@ -20,7 +20,7 @@ from typing import Protocol
 import numpy as np
 from scipy.stats import spearmanr
 
-from kdmcse.senteval_data import STS_SUBSETS, StsPairs, read_sick, read_sts_year, read_stsb
+from kdmcse.data.senteval import STS_SUBSETS, StsPairs, read_sick, read_sts_year, read_stsb
 
 log = logging.getLogger(__name__)
 

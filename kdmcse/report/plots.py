@@ -16,9 +16,9 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from kdmcse.evaluate.metrics_io import STS_COLUMNS, MetricsRecord
 from kdmcse.io import atomic_path
-from kdmcse.metrics_io import STS_COLUMNS, MetricsRecord
-from kdmcse.tables import aggregate, axis_sort_key, display_value, group_by_series, short_labels
+from kdmcse.report.tables import aggregate, axis_sort_key, display_value, group_by_series, short_labels
 
 
 @dataclass

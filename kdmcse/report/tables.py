@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 
 from kdmcse.errors import KdmcseError
+from kdmcse.evaluate.metrics_io import STS_COLUMNS, TRANSFER_COLUMNS, ConfigKey, MetricsRecord, Section
 from kdmcse.io import atomic_path
-from kdmcse.metrics_io import STS_COLUMNS, TRANSFER_COLUMNS, ConfigKey, MetricsRecord, Section
-from kdmcse.paper_results import PaperEntry
-from kdmcse.significance import PairedTest, format_test, paired_seed_test
+from kdmcse.report.paper_results import PaperEntry
+from kdmcse.report.significance import PairedTest, format_test, paired_seed_test
 
 OBJECTIVE_NAMES = {"simcse": "SimCSE", "mcse": "MCSE", "kdmcse": "KDMCSE"}
 BACKBONE_NAMES = {"bert": "BERT", "roberta": "RoBERTa"}

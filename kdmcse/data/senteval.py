@@ -3,7 +3,7 @@
 Each reader returns sentences exactly as SentEval's batcher sees them: the line is split on whitespace and the
 tokens are joined by single spaces. Files are read with the encodings SentEval uses (latin-1 for MR/CR/SUBJ/MPQA
 and TREC, UTF-8 elsewhere; MRPC's BOM sits in its dropped header line). Rows are kept in file order; SentEval's
-own reordering (sorting STS pairs by length for batching) is done where it matters, in `kdmcse.alignment`.
+own reordering (sorting STS pairs by length for batching) is done where it matters, in `kdmcse.evaluate.geometry`.
 """
 
 from __future__ import annotations

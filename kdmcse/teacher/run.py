@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from kdmcse.errors import KdmcseError
 from kdmcse.io import atomic_path, read_json, sha256_file, write_json
-from kdmcse.teacher_cache import write_teacher_cache
+from kdmcse.teacher.cache import write_teacher_cache
 
 log = logging.getLogger(__name__)
 

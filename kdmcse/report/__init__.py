@@ -1,0 +1,10 @@
+"""Report stage: metrics JSON files → LaTeX/CSV tables and plots.
+
+Reads only `results/metrics/**.json` and `config/paper_results.yaml`. Writes `results/tables/*.{tex,csv}`
+(main, transfer, margin and threshold ablations, significance) and `results/plots/*.{pdf,png}`.
+
+    python -m kdmcse report --main FILE… --margin-ablation FILE… --threshold-ablation FILE… --transfer FILE…   (cli.py)
+
+`tables.py` aggregates seeds and builds the tables, `render.py` writes them as LaTeX and CSV, `plots.py` draws
+the figures, `significance.py` runs the paired seed tests and `paper_results.py` reads the reported numbers.
+"""

@@ -1,0 +1,12 @@
+"""Train stage: corpora + teacher cache → one student per (cell, seed).
+
+Reads `results/corpora/wiki.parquet`, for MCSE/KDMCSE also a caption table and its teacher cache, and the
+SentEval folder for STS-B dev selection. Writes `results/students/<cell>/seed~N/` with `model/` (a plain
+Hugging Face folder), `heads.pt` and `run_meta.json`.
+
+    python -m kdmcse train --run-config JSON --text wiki.parquet [--pairs … --teacher …] --seed N --out DIR   (loop.py)
+
+`run_config.py` checks the run config, `inputs.py` reads and cross-checks the data, `model.py` is the student,
+`losses.py` the objectives, `mixing.py` the batch schedule, `step.py` one optimisation step, `selection.py`
+STS-B dev selection, `checkpoint.py` resumable state and `distributed.py` the torchrun plumbing.
+"""
