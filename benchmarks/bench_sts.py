@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdmcse.evaluate.encoder import SentenceEncoder, load_encoder
+from kdmcse.embedding import SentenceEncoder
+from kdmcse.evaluate.encoder import load_encoder
 from kdmcse.evaluate.geometry import align_uniform, senteval_order
 from kdmcse.evaluate.sts import STS_TASKS, STS_YEARS, PairEmbeddings, evaluate_sts, load_sts_suite, score_suite
 

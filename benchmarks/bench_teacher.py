@@ -32,7 +32,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from kdmcse.teacher import images as I
+from kdmcse.teacher import model as M
 from kdmcse.teacher import run as T
+from kdmcse.teacher import table as TB
 from kdmcse.teacher.cache import open_teacher_cache, write_teacher_cache
 
 WORDS = ("a man woman dog cat child two three people red blue green small large old young is are on in at with near "
@@ -68,7 +71,7 @@ def make_data(folder: Path, n_images: int, per_image: int, seed: int = 0) -> Pat
 def warm_up(model_name: str, batch_size: int) -> None:
     """One forward of each tower on a throwaway model, so no measured path pays the one-off kernel set-up."""
     teacher = T.load_teacher(model_name, "none", device="cpu")
-    size = T._image_size(teacher.model)
+    size = I._image_size(teacher.model)
     with torch.inference_mode():
         teacher.model.encode_image(torch.zeros(batch_size, 3, *size))
         teacher.model.encode_text(teacher.tokenizer(["warm up"] * batch_size))
@@ -82,7 +85,7 @@ def bench_stage(table: Path, out: Path, args) -> tuple[dict, np.ndarray, np.ndar
     return meta["seconds"], np.asarray(cache.image_emb), np.asarray(cache.caption_emb)
 
 
-def bench_bare(teacher: T.Teacher, pixels: torch.Tensor, tokens: torch.Tensor, bs: int):
+def bench_bare(teacher: M.Teacher, pixels: torch.Tensor, tokens: torch.Tensor, bs: int):
     """Seconds per image and per caption of the bare model on tensors already decoded/tokenized, and the outputs."""
     with torch.inference_mode():
         t0 = time.perf_counter()
@@ -93,7 +96,7 @@ def bench_bare(teacher: T.Teacher, pixels: torch.Tensor, tokens: torch.Tensor, b
     return {"images": (t1 - t0) / len(pixels), "captions": (t2 - t1) / len(tokens)}, img.numpy(), txt.numpy()
 
 
-def bench_loop(teacher: T.Teacher, table: T.CaptionTable, n_images: int) -> dict:
+def bench_loop(teacher: M.Teacher, table: TB.CaptionTable, n_images: int) -> dict:
     """Seconds per image and per caption (the loop is slow: it runs on the first `n_images` images only)."""
     from PIL import Image
 

@@ -16,13 +16,15 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from kdmcse.train import loop as T
+from kdmcse.train import step as T
 from kdmcse.train.distributed import DistContext
+from kdmcse.train.inputs import TrainData
 from kdmcse.train.losses import LossSettings
 from kdmcse.train.mixing import TokenizedTexts
 
@@ -73,7 +75,7 @@ def bench(name: str, steps: int, device: torch.device) -> list[dict]:
         tok = load_tokenizer(model_dir)
         student = StudentModel.from_pretrained(model_dir, proj_dim=256, teacher_dim=768).to(device).train()
     n = 64 * bs
-    data = T.TrainData(text=TokenizedTexts.from_texts(tok, sentences(n, rng), 32),
+    data = TrainData(text=TokenizedTexts.from_texts(tok, sentences(n, rng), 32),
                        pairs=TokenizedTexts.from_texts(tok, sentences(n, rng), 32),
                        image_emb=rng.normal(size=(n, 768)).astype(np.float32) * 5,
                        caption_emb=rng.normal(size=(n, 768)).astype(np.float32) * 5,
@@ -90,7 +92,7 @@ def bench(name: str, steps: int, device: torch.device) -> list[dict]:
             batch = T.make_batch(data, paired, rng.choice(n, size=bs, replace=False), ctx, device)
             sync(device)
             t1 = time.perf_counter()
-            h = T.encode_cls(student, batch, T.nullcontext)
+            h = T.encode_cls(student, batch, nullcontext)
             sync(device)
             t2 = time.perf_counter()
             h_leaf = h.detach().requires_grad_(True)

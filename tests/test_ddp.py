@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import socket
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,7 @@ def build_student(model_dir: Path, teacher_dim: int):
 
 def loss_and_grads(student, tdata, settings, ctx: DistContext, paired: bool):
     batch = train_mod.make_batch(tdata, paired, ROWS, ctx, torch.device("cpu"))
-    parts = train_mod.step_losses(student, batch, settings, ctx, train_mod.nullcontext)
+    parts = train_mod.step_losses(student, batch, settings, ctx, nullcontext)
     student.zero_grad(set_to_none=True)
     parts["total"].backward()
     from kdmcse.train.distributed import average_gradients

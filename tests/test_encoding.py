@@ -10,8 +10,9 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
+from kdmcse.embedding import SentenceEncoder
 from kdmcse.errors import KdmcseError
-from kdmcse.evaluate.encoder import SentenceEncoder, load_encoder
+from kdmcse.evaluate.encoder import load_encoder
 
 SENTENCES = [
     "a man is playing with a red ball .",
@@ -94,7 +95,7 @@ def test_runs_in_eval_mode_and_restores_training_state(model_and_tokenizer) -> N
 def test_truncates_only_past_the_position_limit_with_a_warning(model_and_tokenizer, caplog) -> None:
     model, tok = model_and_tokenizer  # 128 positions
     long = " ".join(["dog"] * 300)
-    with caplog.at_level(logging.WARNING, logger="kdmcse.evaluate.encoder"):
+    with caplog.at_level(logging.WARNING, logger="kdmcse.embedding"):
         got = SentenceEncoder(model, tok, show_progress=False).encode([long, "a dog"])
     assert got.shape == (2, model.config.hidden_size) and np.isfinite(got).all()
     assert "1 sentence(s) exceed the model's 128 positions" in caplog.text

@@ -14,6 +14,7 @@ from test_senteval_data import write_senteval_tree
 from kdmcse.data.senteval import StsPairs, read_stsb
 from kdmcse.evaluate import geometry as al
 from kdmcse.evaluate import sts
+from kdmcse.train.selection import stsb_dev_spearman
 
 
 class FakeEncoder:
@@ -99,7 +100,7 @@ def test_stsb_dev_spearman(tmp_path: Path) -> None:
     enc = FakeEncoder()
     dev = read_stsb(root, "dev")
     pred = [_cos(enc.vector(a), enc.vector(b)) for a, b in zip(dev.s1, dev.s2)]
-    assert sts.stsb_dev_spearman(enc, root) == pytest.approx(100 * spearmanr(pred, dev.gold)[0])
+    assert stsb_dev_spearman(enc, root) == pytest.approx(100 * spearmanr(pred, dev.gold)[0])
 
 
 # ---------------------------------------------------------------- alignment / uniformity

@@ -15,7 +15,10 @@ import torch
 from kdmcse.__main__ import main as kdmcse_main
 from kdmcse.errors import KdmcseError
 from kdmcse.io import sha256_file
+from kdmcse.teacher import captions as C
+from kdmcse.teacher import model as M
 from kdmcse.teacher import run as T
+from kdmcse.teacher import work as W
 from kdmcse.teacher.cache import open_teacher_cache, text_sha256
 
 open_clip = pytest.importorskip("open_clip")
@@ -157,13 +160,13 @@ def test_workers_and_batching_do_not_change_results(dataset, tiny_config, tmp_pa
 def test_trimmed_text_encoder_matches_full_context(tiny_config):
     torch.manual_seed(3)
     teacher = T.load_teacher(TINY_MODEL, "none", model_config=tiny_config, device="cpu")
-    assert T._trimmable_text_tower(teacher.model, teacher.tokenizer)
+    assert C._trimmable_text_tower(teacher.model, teacher.tokenizer)
     tokens = teacher.tokenizer(CAPTIONS)
     with torch.inference_mode():
         full = teacher.model.encode_text(tokens).numpy()
-    fast = T.encode_captions_batched(teacher, tokens, batch_size=3)
+    fast = C.encode_captions_batched(teacher, tokens, batch_size=3)
     np.testing.assert_allclose(fast, full, atol=1e-5, rtol=0)
-    assert int(T.token_lengths(tokens).max()) < 77  # the padding really was cut
+    assert int(C.token_lengths(tokens).max()) < 77  # the padding really was cut
 
 
 def test_resume_after_kill_reuses_finished_chunks(dataset, tiny_config, tmp_path, monkeypatch):
@@ -172,7 +175,7 @@ def test_resume_after_kill_reuses_finished_chunks(dataset, tiny_config, tmp_path
     run(captions, tmp_path / "ref", tiny_config, batch_size=2, chunk_size=3)
 
     saved: list[tuple[str, int]] = []
-    real_save = T.save_chunk
+    real_save = W.save_chunk
     kill = {"armed": True}
 
     def save_then_die(work_dir, kind, index, **arrays):
@@ -181,7 +184,7 @@ def test_resume_after_kill_reuses_finished_chunks(dataset, tiny_config, tmp_path
         if kill.pop("armed", False):
             raise KeyboardInterrupt("simulated kill after the first chunk")
 
-    monkeypatch.setattr(T, "save_chunk", save_then_die)
+    monkeypatch.setattr(W, "save_chunk", save_then_die)
     torch.manual_seed(7)
     with pytest.raises(KeyboardInterrupt):
         run(captions, tmp_path / "out", tiny_config, batch_size=2, chunk_size=3)
@@ -306,9 +309,9 @@ def test_openai_tag_gets_quick_gelu(monkeypatch):
 def test_local_checkpoint_is_recognised_by_its_checksum(tmp_path, tiny_config, monkeypatch):
     # The published OpenAI ViT-L-14 file is named by its sha256 in open_clip's registry; a copy on an offline
     # cluster must count as `--pretrained openai` (metadata, QuickGELU).
-    assert T.identify_pretrained_tag(
+    assert M.identify_pretrained_tag(
         "ViT-L-14", "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836") == "openai"
-    assert T.identify_pretrained_tag("ViT-L-14", "0" * 64) is None
+    assert M.identify_pretrained_tag("ViT-L-14", "0" * 64) is None
 
     torch.manual_seed(11)
     teacher = T.load_teacher(TINY_MODEL, "none", model_config=tiny_config, device="cpu")
@@ -320,5 +323,5 @@ def test_local_checkpoint_is_recognised_by_its_checksum(tmp_path, tiny_config, m
     for a, b in zip(teacher.model.state_dict().values(), loaded.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)  # the weights really came from the file
 
-    monkeypatch.setattr(T, "identify_pretrained_tag", lambda model, sha: "openai")
+    monkeypatch.setattr(M, "identify_pretrained_tag", lambda model, sha: "openai")
     assert T.load_teacher(TINY_MODEL, str(ckpt), model_config=tiny_config, device="cpu").meta["pretrained"] == "openai"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +116,7 @@ def test_repeating_one_batch_lowers_each_objective(objective, tiny_bert_dir, dat
     opt = torch.optim.AdamW(student.parameters(), lr=1e-2, eps=1e-6, weight_decay=0.0)
     history = []
     for _ in range(8):
-        parts = train_mod.step_losses(student, batch, settings, DistContext(), train_mod.nullcontext)
+        parts = train_mod.step_losses(student, batch, settings, DistContext(), nullcontext)
         history.append({k: float(v.detach()) for k, v in parts.items()})
         opt.zero_grad()
         parts["total"].backward()
@@ -157,7 +158,7 @@ def test_train_writes_best_student_and_metadata(tiny_bert_dir, data, tmp_path):
     assert not (out / "checkpoint").exists()  # resumable state is dropped once the outputs exist
     # the saved model scores what the run recorded as best
     from kdmcse.evaluate.encoder import load_encoder
-    from kdmcse.evaluate.sts import stsb_dev_spearman
+    from kdmcse.train.selection import stsb_dev_spearman
 
     score = stsb_dev_spearman(load_encoder(out / "model", device="cpu"), data["senteval"])
     assert score == pytest.approx(meta["best_dev_spearman"], abs=1e-4)

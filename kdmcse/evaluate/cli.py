@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 
 from kdmcse.data.senteval import check_files, sts_files, transfer_files
+from kdmcse.embedding import POOLINGS, resolve_device
 from kdmcse.errors import KdmcseError
-from kdmcse.evaluate.encoder import POOLINGS, load_encoder, resolve_device, resolve_model_dir
+from kdmcse.evaluate.encoder import load_encoder, resolve_model_dir
 from kdmcse.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)

@@ -15,21 +15,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
-from scipy.stats import spearmanr
 
 from kdmcse.data.senteval import STS_SUBSETS, StsPairs, read_sick, read_sts_year, read_stsb
+from kdmcse.embedding import Encoder, cosine, spearman100
 
 log = logging.getLogger(__name__)
 
 STS_YEARS = tuple(STS_SUBSETS)  # STS12 … STS16
 STS_TASKS = STS_YEARS + ("STSBenchmark", "SICKRelatedness")
-
-
-class Encoder(Protocol):
-    def encode(self, sentences: list[str]) -> np.ndarray: ...
 
 
 @dataclass
@@ -64,19 +59,6 @@ def encode_suite(encoder: Encoder, suite: StsSuite) -> SuiteEmbeddings:
     for task, name, start, n in spans:
         out.setdefault(task, {})[name] = PairEmbeddings(emb[start : start + n], emb[start + n : start + 2 * n])
     return out
-
-
-def cosine(e1: np.ndarray, e2: np.ndarray) -> np.ndarray:
-    """Row-wise cosine similarity; NaN (zero vectors) becomes 0 as in SentEval."""
-    a = np.nan_to_num(np.asarray(e1, dtype=np.float64))
-    b = np.nan_to_num(np.asarray(e2, dtype=np.float64))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sim = (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))
-    return np.nan_to_num(sim)
-
-
-def spearman100(pred: np.ndarray, gold: np.ndarray) -> float:
-    return float(spearmanr(pred, gold)[0] * 100.0)
 
 
 def score_year(subsets: dict[str, StsPairs], emb: dict[str, PairEmbeddings]) -> dict:
@@ -122,11 +104,3 @@ def evaluate_sts(encoder: Encoder, senteval_dir: str | Path) -> tuple[dict, StsS
     suite = load_sts_suite(senteval_dir)
     emb = encode_suite(encoder, suite)
     return score_suite(suite, emb), suite, emb
-
-
-def stsb_dev_spearman(encoder: Encoder, senteval_dir: str | Path) -> float:
-    """Spearman x100 on STS-B dev: the training-time selection score."""
-    pairs = read_stsb(senteval_dir, "dev")
-    emb = encoder.encode(pairs.s1 + pairs.s2)
-    n = len(pairs)
-    return spearman100(cosine(emb[:n], emb[n:]), pairs.gold)

@@ -13,14 +13,8 @@ from pathlib import Path
 from kdmcse.evaluate.metrics_io import read_metrics_group
 from kdmcse.report.paper_results import load_paper_results
 from kdmcse.report.plots import plot_ablation, plot_align_uniform, save_figure
-from kdmcse.report.tables import (
-    build_ablation_table,
-    build_main_table,
-    build_transfer_table,
-    significance_frame,
-    write_frame,
-    write_table,
-)
+from kdmcse.report.render import significance_frame, write_frame, write_table
+from kdmcse.report.tables import build_ablation_table, build_main_table, build_transfer_table
 
 log = logging.getLogger(__name__)
 

@@ -207,4 +207,4 @@ def cell_args(w):
     return " ".join(shlex_quote(f"{k}={v}") for k, v in pairs.items())
 
 
-EVAL_CODE = code_version("evaluate", "data/senteval")
+EVAL_CODE = code_version("evaluate", "embedding", "data/senteval")

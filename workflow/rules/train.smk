@@ -17,7 +17,7 @@ rule train:
         pair_args=train_pair_args,
         launcher=train_launcher(),
         out_dir=lambda w: student_dir(cell_of(w), w.seed),
-        code=code_version("train", "evaluate/encoder", "evaluate/sts", "data/senteval", "teacher/cache"),
+        code=code_version("train", "embedding", "data/senteval", "teacher/cache"),
     threads: 4
     resources:
         gpu=config["train"]["gpus_per_job"],

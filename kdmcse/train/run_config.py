@@ -1,0 +1,90 @@
+"""The run config of one student: every key required, each checked with a message that says what it must be.
+
+The Snakefile resolves it from `config/config.yaml` (`kdmcse.grid.run_config`); docs/architecture.md §4 lists
+the keys.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+from kdmcse.embedding import POOLINGS
+from kdmcse.errors import KdmcseError
+
+OBJECTIVES = ("simcse", "mcse", "kdmcse")
+PRECISIONS = ("fp32", "bf16", "fp16")
+# key -> (check, what it must be); every key is required (docs/architecture.md §4)
+_NUM = (int, float)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, _NUM) and not isinstance(v, bool) and math.isfinite(v)
+
+
+RUN_CONFIG_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "model": (lambda v: isinstance(v, str) and bool(v), "an HF model id or a local model folder"),
+    "objective": (lambda v: v in OBJECTIVES, f"one of {', '.join(OBJECTIVES)}"),
+    "lr": (lambda v: _is_num(v) and v > 0, "a number > 0"),
+    "batch_size": (lambda v: _is_int(v) and v >= 2, "an integer >= 2 (in-batch negatives need two rows)"),
+    "epochs": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "max_steps": (lambda v: v is None or (_is_int(v) and v >= 1), "null (from epochs) or an integer >= 1"),
+    "lambda": (lambda v: _is_num(v) and v >= 0, "a number >= 0"),
+    "temperature": (lambda v: _is_num(v) and v > 0, "a number > 0"),
+    "temperature_vl": (lambda v: _is_num(v) and v > 0, "a number > 0"),
+    "margin1": (lambda v: _is_num(v) and 0 <= v <= math.pi, "an angle in radians in [0, pi]"),
+    "margin2": (lambda v: _is_num(v) and 0 <= v <= math.pi, "an angle in radians in [0, pi]"),
+    "threshold": (lambda v: v is None or _is_num(v), "null (off) or a number"),
+    "threshold_space": (lambda v: v in ("raw_dot", "cosine"), "raw_dot or cosine"),
+    "inter_reduction": (lambda v: v in ("sum", "mean"), "sum or mean"),
+    "proj_dim": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "max_seq_length": (lambda v: _is_int(v) and v >= 3, "an integer >= 3"),
+    "eval_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "pooling": (lambda v: v in POOLINGS, f"one of {', '.join(POOLINGS)}"),
+    "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+    "teacher": (
+        lambda v: isinstance(v, dict) and set(v) == {"model", "pretrained"}
+        and all(isinstance(x, str) and x for x in v.values()),
+        'an object {"model": …, "pretrained": …} naming the CLIP teacher of the cache',
+    ),
+    "checkpoint_steps": (lambda v: v is None or (_is_int(v) and v >= 1), "null (off) or an integer >= 1"),
+}
+
+def load_run_config(arg: str) -> dict[str, Any]:
+    """Parse `--run-config`: inline JSON, or `@path` to a JSON file."""
+    if arg.startswith("@"):
+        path = Path(arg[1:])
+        if not path.is_file():
+            raise KdmcseError(f"--run-config file {path} does not exist")
+        text, where = path.read_text(encoding="utf-8"), str(path)
+    else:
+        text, where = arg, "--run-config"
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise KdmcseError(f"{where} is not valid JSON ({exc}); pass a JSON object or @file.json") from exc
+    return validate_run_config(cfg)
+
+
+def validate_run_config(cfg: Any) -> dict[str, Any]:
+    """Check every key of a run config (all required, none unknown); return it unchanged."""
+    if not isinstance(cfg, dict):
+        raise KdmcseError("the run config must be a JSON object with the keys of docs/architecture.md §4")
+    unknown = sorted(set(cfg) - set(RUN_CONFIG_KEYS))
+    if unknown:
+        raise KdmcseError(f"unknown run config key(s) {', '.join(map(repr, unknown))}; allowed: "
+                          f"{', '.join(RUN_CONFIG_KEYS)}")
+    missing = [k for k in RUN_CONFIG_KEYS if k not in cfg]
+    if missing:
+        raise KdmcseError(f"run config lacks key(s) {', '.join(map(repr, missing))}; every key of "
+                          "docs/architecture.md §4 is required (use null where a key allows it)")
+    for key, (ok, what) in RUN_CONFIG_KEYS.items():
+        if not ok(cfg[key]):
+            raise KdmcseError(f"run config key '{key}' is {cfg[key]!r}; it must be {what}")
+    return cfg
