@@ -325,3 +325,13 @@ def test_local_checkpoint_is_recognised_by_its_checksum(tmp_path, tiny_config, m
 
     monkeypatch.setattr(M, "identify_pretrained_tag", lambda model, sha: "openai")
     assert T.load_teacher(TINY_MODEL, str(ckpt), model_config=tiny_config, device="cpu").meta["pretrained"] == "openai"
+
+
+def test_random_init_is_seeded_and_leaves_the_global_rng_alone(tiny_config):
+    # Two runs of a test config must give the same cache; the caller's RNG stream must not shift.
+    before = torch.get_rng_state()
+    a = T.load_teacher(TINY_MODEL, "none", model_config=tiny_config, device="cpu").model.state_dict()
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(12345)  # a different global state must not change the weights
+    b = T.load_teacher(TINY_MODEL, "none", model_config=tiny_config, device="cpu").model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

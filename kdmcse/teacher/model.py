@@ -22,6 +22,7 @@ from kdmcse.io import sha256_file
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+RANDOM_INIT_SEED = 0  # torch seed of `--pretrained none` weights
 
 
 @dataclass
@@ -153,9 +154,12 @@ def load_teacher(
         f"image_{k}": tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg
     }
     try:
-        clip, _, preprocess = open_clip.create_model_and_transforms(
-            model, pretrained=weights, device=dev, force_quick_gelu=quick_gelu, **preprocess_overrides
-        )
+        # a random init is seeded, so that two runs of a test config give the same cache (and students)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            clip, _, preprocess = open_clip.create_model_and_transforms(
+                model, pretrained=weights, device=dev, force_quick_gelu=quick_gelu, **preprocess_overrides
+            )
     except RuntimeError as exc:
         hint = (" This machine may be offline: download the checkpoint elsewhere and pass its path as --pretrained."
                 if source == "tag" else "")
