@@ -98,7 +98,8 @@ class _Budget:
                    f"{_mib(MIN_LIMIT)}" if self.default else "--max-bytes")
             raise KdmcseError(
                 f"{self.archive}: members expand to more than {_mib(self.limit)} (the limit: {why}); refusing a "
-                "possible archive bomb. If the archive is genuine, pass a larger --max-bytes"
+                "possible archive bomb. If the archive is genuine, pass a larger --max-bytes (in the workflow: "
+                "set max_extracted_bytes for it in the source registry)"
             )
 
 

@@ -3,10 +3,10 @@ import hashlib
 import json
 from pathlib import Path
 
-import yaml
 
 import kdmcse
 from kdmcse.config import coerce_cli_values, merge_into, validate_config
+from kdmcse.data.registry import load_registry
 from kdmcse.grid import (
     Cell,
     ablation_cells,
@@ -22,7 +22,8 @@ from kdmcse.grid import (
 merge_into(config, coerce_cli_values(workflow.config_settings.config))
 config.update(validate_config(config))
 
-REGISTRY = yaml.safe_load(Path(config["sources"]["registry"]).read_text(encoding="utf-8"))
+# The registry is checked as a whole at DAG build too (file names, checksums, sizes), not only when a job runs.
+REGISTRY = {key: vars(source) for key, source in load_registry(config["sources"]["registry"]).items()}
 SEEDS = config["grid"]["seeds"]
 
 
@@ -106,6 +107,12 @@ def download_args(w):
         if over.get(key):
             args += [f"--override-{key}", over[key]]
     return " ".join(map(shlex_quote, args))
+
+
+def extract_args(w):
+    """`--max-bytes` for an archive the registry says expands more than the extractor's default bound."""
+    limit = artifact(w.artifact).get("max_extracted_bytes")
+    return f"--max-bytes {shlex_quote(limit)}" if limit else ""
 
 
 def shlex_quote(s):

@@ -21,5 +21,5 @@ rule teacher:
     conda:
         "../../envs/kdmcse.yaml"
     shell:
-        "python -m kdmcse teacher --captions {input.captions} --out-dir {params.out_dir} "
-        "--workers {threads} --threads {threads} {params.args} 2> {log}"
+        "python -m kdmcse teacher --captions {input.captions:q} --out-dir {params.out_dir:q} "
+        "--workers {threads} --threads {threads} {params.args} 2> {log:q}"
