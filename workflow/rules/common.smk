@@ -7,6 +7,7 @@ from pathlib import Path
 import kdmcse
 from kdmcse.config import coerce_cli_values, merge_into, validate_config
 from kdmcse.data.registry import load_registry
+from kdmcse.io import sha256_file
 from kdmcse.grid import (
     Cell,
     ablation_cells,
@@ -161,6 +162,11 @@ def teacher_spec(name):
     if name not in config["teachers"]:
         raise ValueError(f"teacher {name!r} is not defined under config key 'teachers'")
     return config["teachers"][name]
+
+
+def teacher_model_config_sha256(name):
+    path = teacher_spec(name).get("model_config")
+    return sha256_file(path) if path else ""
 
 
 def teacher_inputs(w):
