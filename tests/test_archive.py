@@ -321,3 +321,14 @@ def test_extracted_folder_follows_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(dest.stat().st_mode) == 0o755
+
+
+def test_temp_folders_left_by_a_killed_extraction_are_removed(tmp_path):
+    tar = make_senteval_tar(tmp_path / "s.tar")
+    dest = tmp_path / "resources" / "senteval"
+    stale = dest.parent / ".senteval.extract-k1ll3d"  # what a SIGKILL mid-extraction leaves
+    (stale / "STS").mkdir(parents=True)
+    (stale / "STS" / "half.txt").write_bytes(b"x" * 1000)
+    extract(tar, dest)
+    assert (dest / "MR" / "rt-polarity.pos").is_file()
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["senteval"]

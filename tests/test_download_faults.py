@@ -226,10 +226,10 @@ def test_two_downloads_at_once_give_one_correct_file(server, tmp_path):
 
 
 def test_second_download_that_may_not_wait_fails_with_one_line(server, tmp_path):
-    from kdmcse.data.lockfile import download_lock
+    from kdmcse.data.lockfile import target_lock
 
     dest = tmp_path / NAME
-    with download_lock(dest, timeout=1):
+    with target_lock(dest, timeout=1):
         with pytest.raises(KdmcseError) as err:
             fetch(_source(server.url(f"/{NAME}")), dest, backoff=0, lock_timeout=0.2)
     assert "another download" in str(err.value) and "\n" not in str(err.value)

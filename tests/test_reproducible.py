@@ -146,3 +146,12 @@ def test_evaluation_and_report_give_identical_files(tiny_bert_dir, tmp_path):
     da, db = digests(tmp_path / "ra"), digests(tmp_path / "rb")
     assert {"plots/align_uniform.pdf", "plots/align_uniform.png", "tables/main.tex"} <= set(da)
     assert da == db
+
+
+def test_temp_folders_left_by_a_killed_save_are_removed(tiny_bert_dir, data, tmp_path):
+    out = tmp_path / "run"
+    (out / ".model.k1ll3d.tmp").mkdir(parents=True)  # save_student killed before its rename
+    (out / ".model.k1ll3d.tmp" / "model.safetensors").write_bytes(b"x" * 1000)
+    (out / ".checkpoint.tmp-k1ll3d").mkdir()  # save_checkpoint killed before its rename
+    train_mod.main(cli(run_config(tiny_bert_dir), data, out))
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]

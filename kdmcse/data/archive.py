@@ -33,6 +33,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from kdmcse.data.archive_tree import LinkLoop, Outside, Tree
+from kdmcse.data.lockfile import target_lock
 from kdmcse.errors import KdmcseError
 from kdmcse.io import make_temp_dir
 
@@ -294,6 +295,18 @@ def extract(
     _check_tree(plan, archive)
 
     dest.parent.mkdir(parents=True, exist_ok=True)
+    with target_lock(dest, what="extraction"):
+        # A killed extraction leaves its temp folder (13 GB for COCO); under the lock no one else is using it.
+        for stale in [*dest.parent.glob(f".{dest.name}.extract-*"), *dest.parent.glob(f".{dest.name}.old-*")]:
+            log.info("removing %s, left by an extraction that was killed", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        _extract_into(archive, dest, kind, plan, budget)
+    n_files = sum(e.kind == "file" for e in plan)
+    log.info("extracted %d files from %s into %s", n_files, archive, dest)
+    return dest
+
+
+def _extract_into(archive: Path, dest: Path, kind: str, plan: list[_Entry], budget: _Budget) -> None:
     free = shutil.disk_usage(dest.parent).free
     if budget.used > free:
         raise KdmcseError(f"{archive} expands to {_mib(budget.used)} but {dest.parent} has {_mib(free)} free; "
@@ -311,9 +324,6 @@ def extract(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    n_files = sum(e.kind == "file" for e in plan)
-    log.info("extracted %d files from %s into %s", n_files, archive, dest)
-    return dest
 
 
 def main(argv: list[str] | None = None) -> int:

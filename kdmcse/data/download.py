@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdmcse.data import hub
-from kdmcse.data.lockfile import download_lock, is_binding, lock_entry, record
+from kdmcse.data.lockfile import target_lock, is_binding, lock_entry, record
 from kdmcse.data.registry import HEX64, Source, get_source, load_registry
 from kdmcse.data.transfer import GiveUpOnCandidate, Transfer, TransferError, copy_local, discard, http_fetch
 from kdmcse.errors import KdmcseError
@@ -179,7 +179,7 @@ def fetch(
             raise KdmcseError(f"--override-sha256 must be 64 hex digits, got {override_sha256!r}")
     if override_path and not Path(override_path).is_file():
         raise KdmcseError(f"--override-path {override_path} is not a file; stage the file there first")
-    with download_lock(dest, lock_timeout):
+    with target_lock(dest, lock_timeout):
         return _fetch(source, dest, mirror=mirror, override_path=override_path, override_url=override_url,
                       override_sha256=override_sha256, lock_path=Path(lock) if lock else None, timeout=timeout,
                       retries=retries, backoff=backoff)

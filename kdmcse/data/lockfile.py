@@ -1,5 +1,6 @@
-"""Two kinds of lock around downloads: the sources lock file (`resources/sources.lock.json`, the sha256 each
-artifact was fetched with) and an exclusive OS lock per download target, so two jobs never share a `.part`.
+"""Two kinds of lock: the sources lock file (`resources/sources.lock.json`, the sha256 each artifact was fetched
+with) and an exclusive OS lock per target (a download's file, an extraction's folder), so two jobs never share
+a `.part` file or a temp folder, and leftovers of a killed job can be removed safely by the next one.
 
 A lock-file entry records how its bytes were checked (`checked`). Entries without that field were written by
 releases that accepted a transfer whose length nobody checked; they are advisory only (a mismatch is logged
@@ -77,10 +78,10 @@ def record(lock_path: Path | None, key: str, name: str, sha: str, size: int, ori
 
 
 @contextlib.contextmanager
-def download_lock(dest: Path, timeout: float | None = None) -> Iterator[None]:
-    """Hold the exclusive lock of one download target (`.<name>.lock` beside it) for the whole download.
+def target_lock(dest: Path, timeout: float | None = None, what: str = "download") -> Iterator[None]:
+    """Hold the exclusive lock of one target (`.<name>.lock` beside it) for the whole download or extraction.
 
-    A second download of the same target waits for the first (it then finds the finished file), or after
+    A second job for the same target waits for the first (a download then finds the finished file), or after
     `timeout` seconds fails with one line naming the process holding it. None waits as long as it takes.
     The lock file is removed on release; a waiter that then holds the lock of a removed file notices
     (the path no longer names its inode) and locks the current file instead.
@@ -99,10 +100,10 @@ def download_lock(dest: Path, timeout: float | None = None) -> Iterator[None]:
                 raise
             holder = _holder(path)
             if timeout is not None and time.monotonic() - start >= timeout:
-                raise KdmcseError(f"another download of {dest.name} is in progress ({holder}, lock {path}); "
+                raise KdmcseError(f"another {what} of {dest.name} is in progress ({holder}, lock {path}); "
                                   "wait for it to finish or stop it, then rerun") from None
             if not announced:
-                log.info("another download of %s is in progress (%s); waiting for it", dest.name, holder)
+                log.info("another %s of %s is in progress (%s); waiting for it", what, dest.name, holder)
                 announced = True
             time.sleep(POLL_S)
             continue

@@ -64,6 +64,8 @@ def save_checkpoint(ckpt_dir: str | os.PathLike[str], state: dict[str, Any], fin
     """
     final = Path(ckpt_dir)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):  # left by a save that was killed (one writer)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = make_temp_dir(final.parent, prefix=f".{final.name}.tmp-")  # the umask's mode, not mkdtemp's 0700
     old = final.with_name(final.name + ".old")
     try:

@@ -250,6 +250,8 @@ def save_student(
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     heads_file = Path(heads_path) if heads_path is not None else default_heads_path(out)
+    for stale in [*out.parent.glob(f".{out.name}.*.tmp"), *out.parent.glob(f".{out.name}.*.old")]:  # a killed save's
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = make_temp_dir(out.parent, prefix=f".{out.name}.", suffix=".tmp")  # the umask's mode, not 0700
     try:
         _copy_mlp_into_encoder_pooler(model)
