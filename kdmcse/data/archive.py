@@ -181,7 +181,8 @@ def _check_tree(plan: list[_Entry], archive: Path) -> None:
             raise KdmcseError(f"{archive}: {what} outside the archive folder once the links before it are followed "
                               f"({exc}); refusing to extract") from exc
         except LinkLoop as exc:
-            raise KdmcseError(f"{archive}: member {e.name!r}: its links form a loop ({exc}); refusing to extract") from exc
+            raise KdmcseError(f"{archive}: member {e.name!r}: its links form a loop ({exc}); "
+                              "refusing to extract") from exc
     try:
         tree.check_links()
     except Outside as exc:

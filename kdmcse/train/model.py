@@ -250,7 +250,8 @@ def save_student(
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     heads_file = Path(heads_path) if heads_path is not None else default_heads_path(out)
-    for stale in [*out.parent.glob(f".{out.name}.*.tmp"), *out.parent.glob(f".{out.name}.*.old")]:  # a killed save's
+    # left by a save that was killed before its rename (a student has one writer, so none is in use)
+    for stale in [*out.parent.glob(f".{out.name}.*.tmp"), *out.parent.glob(f".{out.name}.*.old")]:
         shutil.rmtree(stale, ignore_errors=True)
     tmp = make_temp_dir(out.parent, prefix=f".{out.name}.", suffix=".tmp")  # the umask's mode, not 0700
     try:
