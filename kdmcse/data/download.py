@@ -144,7 +144,8 @@ def _keep_present(dest: Path, name: str, exp: _Expected, locked: dict | None, lo
     known = exp.sha256 or exp.advisory
     if known is None or got == known:
         log.info("%s already present at %s (sha256 %s)", name, dest, got)
-        checked = (locked or {}).get("checked") or "placed by hand"
+        checked = (locked or {}).get("checked") or ("placed by hand" if known is None
+                                                     else "present, matching an earlier lock entry")
     else:
         # No trusted checksum: the user's own copy wins over what an earlier download recorded.
         log.warning("keeping %s placed by hand at %s (sha256 %s); it replaces sha256 %s recorded in %s",
