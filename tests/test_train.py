@@ -326,3 +326,22 @@ def test_cache_of_another_teacher_model_config_is_refused(tiny_bert_dir, tmp_pat
     cfg["teachers"]["t"]["model_config"] = str(built_with)
     rc = grid_run_config(cfg, Cell("wiki+x", "tiny", "kdmcse", 0.15, None))
     assert train_mod.main(cli(rc, d, tmp_path / "run", senteval=False)) == 0
+
+
+def test_teacher_given_as_a_local_checkpoint_is_matched_by_its_checksum(tiny_bert_dir, tmp_path):
+    """The cache records a local checkpoint by its tag (if recognised) and sha256; the run config names the file."""
+    d = write_fixture_data(tmp_path / "d")
+    ckpt, other = tmp_path / "ViT-T-1.pt", tmp_path / "other.pt"
+    ckpt.write_bytes(b"weights")
+    other.write_bytes(b"other weights")
+    cache = train_mod.check_inputs(run_config(tiny_bert_dir), d["text"], d["pairs"], d["teacher"], None).teacher
+    meta = dict(TEACHER, captions_sha256=sha256_file(d["pairs"]), pretrained="openai", pretrained_source="file",
+                pretrained_file=str(ckpt), pretrained_sha256=sha256_file(ckpt))
+    write_teacher_cache(d["teacher"], image_ids=cache.image_ids, image_emb=np.array(cache.image_emb),
+                        caption_ids=cache.caption_ids, caption_image_ids=[cache.image_ids[r] for r in cache.caption_image_row],
+                        caption_texts=["x"] * len(cache.caption_ids), caption_emb=np.array(cache.caption_emb), meta=meta)
+    cfg = run_config(tiny_bert_dir, teacher={"model": TEACHER["model"], "pretrained": str(ckpt)})
+    assert train_mod.check_inputs(cfg, d["text"], d["pairs"], d["teacher"], None).teacher is not None
+    cfg = run_config(tiny_bert_dir, teacher={"model": TEACHER["model"], "pretrained": str(other)})
+    with pytest.raises(KdmcseError, match="pretrained_sha256"):
+        train_mod.check_inputs(cfg, d["text"], d["pairs"], d["teacher"], None)

@@ -93,8 +93,13 @@ def check_inputs(cfg: dict[str, Any], text: Path, pairs: Path | None, teacher: P
         if not captions:
             raise KdmcseError(f"--pairs caption table {pairs} has no rows")
         expect = dict(cfg["teacher"], captions_sha256=sha256_file(pairs))
+        checkpoint = Path(expect["pretrained"])
+        if checkpoint.is_file():  # the cache names a local checkpoint by its tag or file name: compare the bytes
+            del expect["pretrained"]
         cache = open_teacher_cache(teacher, expect=expect)
         _check_model_config(cache, cfg["teacher"])
+        if checkpoint.is_file():
+            _check_checkpoint(cache, checkpoint)
         captions, caption_ids, skipped = _leave_out_skipped(captions, caption_ids, cache, pairs)
     if senteval is not None:
         dev = senteval / "STS" / "STSBenchmark" / "sts-dev.csv"
@@ -112,6 +117,17 @@ def _check_model_config(cache: Any, teacher: dict[str, Any]) -> None:
             f"teacher cache {cache.path} was built with model_config_sha256={have!r}, but the run config's teacher "
             f"has {want!r} (another model-config JSON); rebuild the cache with `python -m kdmcse teacher` for that "
             "setting, or point to the matching cache"
+        )
+
+
+def _check_checkpoint(cache: Any, checkpoint: Path) -> None:
+    """A teacher given as a local checkpoint file is the cache's teacher if the cache was built from those bytes."""
+    have, want = cache.meta.get("pretrained_sha256"), sha256_file(checkpoint)
+    if have != want:
+        raise KdmcseError(
+            f"teacher cache {cache.path} was built from a checkpoint with pretrained_sha256={have!r}, but "
+            f"{checkpoint} has {want}; rebuild the cache with `python -m kdmcse teacher --pretrained {checkpoint}`, "
+            "or point to the matching cache"
         )
 
 
