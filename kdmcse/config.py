@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import os
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -16,6 +18,7 @@ import jsonschema
 import yaml
 
 from kdmcse.errors import KdmcseError
+from kdmcse.grid import ablation_cells, all_cells, resolve_model
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -40,10 +43,9 @@ def _looks_like_number(value: Any) -> bool:
     if not isinstance(value, str):
         return False
     try:
-        float(value)
+        return math.isfinite(float(value))
     except ValueError:
         return False
-    return True
 
 
 def _message(err: jsonschema.ValidationError) -> str:
@@ -81,6 +83,11 @@ def _message(err: jsonschema.ValidationError) -> str:
         return f"config key '{key}': {inst!r} is not one of {', '.join(map(str, err.validator_value))}"
     if err.validator == "required":
         return f"config key '{key}': {err.message}"
+    if err.validator == "pattern":
+        return (f"config key '{key}': {inst!r} may hold only the characters of {err.validator_value} (names and "
+                "keys become parts of file paths and shell arguments)")
+    if err.validator == "uniqueItems":
+        return f"config key '{key}': the list repeats a value ({inst}); give each value once"
     return f"config key '{key}': {err.message}"
 
 
@@ -128,14 +135,16 @@ def _check_threshold(key: str, value: Any, space: str) -> None:
         )
 
 
+def _need(kind: str, key: str, value: Any, known: Iterable[str]) -> None:
+    known = list(known)
+    if value not in known:
+        raise ConfigError(f"config key '{key}': unknown {kind} {value!r}; known: {', '.join(known) or 'none'}")
+
+
 def _check_references(cfg: dict[str, Any]) -> None:
     backbones, datasets, objectives = cfg["backbones"], cfg["datasets"], ("simcse", "mcse", "kdmcse")
     captions, teachers = cfg.get("captions", {}), cfg["teachers"]
-
-    def need(kind: str, key: str, value: Any, known: Iterable[str]) -> None:
-        known = list(known)
-        if value not in known:
-            raise ConfigError(f"config key '{key}': unknown {kind} {value!r}; known: {', '.join(known) or 'none'}")
+    need = _need
 
     need("teacher", "teacher", cfg["teacher"], teachers)
     for name, ds in datasets.items():
@@ -177,8 +186,121 @@ def _check_references(cfg: dict[str, Any]) -> None:
                 )
 
 
+def _check_finite(node: Any, path: list[Any]) -> None:
+    """JSON Schema has no "finite": NaN passes every bound (nan < 0 is false) and inf every lower bound."""
+    if isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"config key '{key_name(path)}': {node} is not a finite number; write a number")
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _check_finite(v, [*path, k])
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _check_finite(v, [*path, i])
+
+
+def _registry_keys(cfg: dict[str, Any]) -> tuple[str, list[str]]:
+    """The artifact keys of the source registry (the registry itself is checked in full by the data stage)."""
+    path = Path(cfg["sources"]["registry"])
+    if not path.is_file():
+        raise ConfigError(f"config key 'sources.registry': {path} does not exist (relative paths are read from "
+                          f"{os.getcwd()}); point it at the source registry, e.g. config/sources.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config key 'sources.registry': {path} is not readable YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key 'sources.registry': {path} must map artifact keys to entries")
+    return str(path), [str(k) for k in raw]
+
+
+def _check_artifacts(cfg: dict[str, Any]) -> None:
+    registry, keys = _registry_keys(cfg)
+    kind = f"artifact of {registry}"
+    _need(kind, "wiki.source", cfg["wiki"]["source"], keys)
+    _need(kind, "evaluate.senteval", cfg["evaluate"]["senteval"], keys)
+    for name, cap in cfg.get("captions", {}).items():
+        for field in ("annotations", "images"):
+            if field in cap:
+                _need(kind, f"captions.{name}.{field}", cap[field], keys)
+    for key in cfg["sources"].get("overrides", {}):
+        _need(kind, f"sources.overrides.{key}", key, keys)
+
+
+def _is_url(value: str) -> bool:
+    return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", value))
+
+
+def _looks_like_path(value: str) -> bool:
+    """A local path rather than a hub id (`name` or `org/name`): absolute, ./ or ../, ~, or deeper than one /."""
+    return value.startswith(("/", "./", "../", "~")) or value.count("/") > 1 or "\\" in value
+
+
+def _looks_like_checkpoint(value: str) -> bool:
+    """A local checkpoint file rather than an open_clip tag (tags hold no / and no file extension)."""
+    return value.lower() not in ("", "none") and (
+        "/" in value or "\\" in value or value.startswith("~")
+        or value.lower().endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
+    )
+
+
+def _missing(key: str, value: str, what: str, hint: str = "") -> ConfigError:
+    return ConfigError(f"config key '{key}': {what} {value!r} does not exist (relative paths are read from "
+                       f"{os.getcwd()}){hint}; fix the path or stage the files there")
+
+
+def _check_paths(cfg: dict[str, Any]) -> None:
+    """Local files and folders the run will read must exist before any job starts (only those it uses)."""
+    src = cfg["sources"]
+    mirror = src.get("mirror")
+    if mirror and not _is_url(mirror) and not Path(mirror).is_dir():
+        raise _missing("sources.mirror", mirror, "mirror folder")
+    for key, over in src.get("overrides", {}).items():
+        if over.get("path") and not Path(over["path"]).is_file():
+            raise _missing(f"sources.overrides.{key}.path", over["path"], "file")
+    cells = all_cells(cfg)
+    for alias in sorted({c.backbone for c in cells}):
+        model, key = cfg["backbones"][alias]["model"], f"backbones.{alias}.model"
+        if model.startswith("pkg://"):
+            try:
+                resolve_model(model)
+            except KdmcseError as exc:
+                raise ConfigError(f"config key '{key}': {exc}") from exc
+        elif (_looks_like_path(model) or Path(model).exists()) and not Path(model).is_dir():
+            raise _missing(key, model, "model folder", " (a hub id has the form name or org/name)")
+    if any(c.objective != "simcse" for c in cells):
+        alias = cfg["teacher"]
+        teacher = cfg["teachers"][alias]
+        if _looks_like_checkpoint(teacher["pretrained"]) and not Path(teacher["pretrained"]).is_file():
+            raise _missing(f"teachers.{alias}.pretrained", teacher["pretrained"], "checkpoint file")
+        if teacher.get("model_config") and not Path(teacher["model_config"]).is_file():
+            raise _missing(f"teachers.{alias}.model_config", teacher["model_config"], "model-config file")
+
+
+def _check_ablations(cfg: dict[str, Any]) -> None:
+    """An ablation whose values collapse into fewer cells (an objective forcing that axis) is never intended."""
+    for axis, abl in cfg["grid"].get("ablations", {}).items():
+        n, cells = len(abl["values"]), ablation_cells(cfg, axis)
+        if len(cells) >= n:
+            continue
+        obj = abl["objective"]
+        forced = cfg.get("objectives", {}).get(obj, {})
+        got = f"{len(cells)} cell{'s' if len(cells) != 1 else ''}"
+        if axis in forced:
+            raise ConfigError(
+                f"config key 'grid.ablations.{axis}': objective {obj} forces {axis} {forced[axis]!r} (config key "
+                f"objectives.{obj}.{axis}), so the {n} values give {got}; ablate an objective the {axis} applies "
+                "to (kdmcse), or remove that override"
+            )
+        raise ConfigError(f"config key 'grid.ablations.{axis}.values': the {n} values give only {got}; "
+                          "give each value once")
+
+
 def validate_config(cfg: dict[str, Any], schema_path: str | Path | None = None) -> dict[str, Any]:
-    """Check `cfg` against the schema and its cross-references; return a copy with defaults filled in."""
+    """Check `cfg` against the schema and its cross-references; return a copy with defaults filled in.
+
+    Relative paths (the registry, local models, mirror folders) are read from the working directory.
+    """
+    _check_finite(cfg, [])
     schema = load_schema(schema_path)
     validator = jsonschema.Draft202012Validator(schema)
     errors = list(validator.iter_errors(cfg))
@@ -186,6 +308,9 @@ def validate_config(cfg: dict[str, Any], schema_path: str | Path | None = None) 
         raise ConfigError(_message(_best_errors(errors)))
     filled = _fill_defaults(copy.deepcopy(cfg), schema, schema.get("definitions", {}))
     _check_references(filled)
+    _check_artifacts(filled)
+    _check_ablations(filled)
+    _check_paths(filled)
     return filled
 
 
@@ -289,7 +414,5 @@ def main(argv: list[str] | None = None) -> int:
     if not args.files:
         parser.error("give config files to validate, or --docs")
     cfg = validate_config(load_config(args.files))
-    from kdmcse.grid import all_cells
-
     print(f"ok: {len(all_cells(cfg))} cells x {len(cfg['grid']['seeds'])} seeds")
     return 0

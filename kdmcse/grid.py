@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kdmcse.errors import KdmcseError
+from kdmcse.io import sha256_file
 
 OBJECTIVES = ("simcse", "mcse", "kdmcse")
 
@@ -131,6 +132,11 @@ def run_config(cfg: dict[str, Any], cell: Cell) -> dict[str, Any]:
     """The complete, self-contained training config of one cell (see docs/architecture.md §4)."""
     tr, bb = cfg["train"], cfg["backbones"][cell.backbone]
     teacher = cfg["teachers"][cfg["teacher"]]
+    identity = {"model": teacher["model"], "pretrained": teacher["pretrained"]}
+    if teacher.get("model_config"):
+        # a custom architecture is known by its config (the cache records the same hash); only present then, so
+        # the run configs of every other teacher stay as they were
+        identity["model_config_sha256"] = sha256_file(teacher["model_config"])
     margin1 = cell.margin if tr["margin1"] == "tied" else float(tr["margin1"])
     return {
         "model": resolve_model(bb["model"]),
@@ -153,5 +159,5 @@ def run_config(cfg: dict[str, Any], cell: Cell) -> dict[str, Any]:
         "checkpoint_steps": int(tr["checkpoint_steps"]),
         "pooling": tr["pooling"],
         "precision": tr["precision"],
-        "teacher": {"model": teacher["model"], "pretrained": teacher["pretrained"]},
+        "teacher": identity,
     }

@@ -11,6 +11,32 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (`os.umask` alone must set it to read it,
+    which briefly changes it for every thread)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def make_temp_dir(parent: str | os.PathLike[str], prefix: str, suffix: str = "") -> Path:
+    """`tempfile.mkdtemp` in `parent`, with the permissions an ordinary `mkdir` would give.
+
+    mkdtemp always creates 0700 folders; renamed into place as an output (an extracted archive, a model folder,
+    a checkpoint), they would be unreadable to everyone else whatever the umask says.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
+    os.chmod(tmp, 0o777 & ~current_umask())
+    return tmp
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `final`; rename it onto `final` only if the block succeeds.
@@ -27,9 +53,7 @@ def atomic_path(final: str | os.PathLike[str], suffix: str = "") -> Iterator[Pat
         yield tmp_path
         if tmp_path.exists():
             # mkstemp creates 0600 files; give the result the permissions an ordinary write would have.
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp_path, 0o666 & ~umask)
+            os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

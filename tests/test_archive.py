@@ -188,3 +188,147 @@ def test_real_senteval_tar(mirror_dir, tmp_path):
         assert (dest / sub).is_dir(), sub
     assert (dest / "STS" / "STS12-en-test" / "STS.input.MSRpar.txt").is_file()
     assert (dest / "STS" / "STSBenchmark" / "sts-dev.csv").is_file()
+
+
+# ---------------------------------------------------------------- links chained through earlier members
+def _zip_link(zf: zipfile.ZipFile, name: str, target: str) -> None:
+    info = zipfile.ZipInfo(name)
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    zf.writestr(info, target)
+
+
+def _files_outside(root: Path, inside: Path) -> list[str]:
+    """Every file under `root` that is not under `inside` (the archive itself excepted)."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if p.is_file() and not p.is_symlink() and inside not in p.parents and p.suffix not in (".zip", ".tar"))
+
+
+def test_zip_symlink_chain_cannot_write_outside(tmp_path):
+    # Each link is harmless read on its own (a -> ., a/b -> .., c -> a/b/..), but a/b is created *through* a,
+    # so on disk c points two levels above the extraction folder and c/x lands there.
+    z = tmp_path / "chain.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        _zip_link(zf, "a", ".")
+        _zip_link(zf, "a/b", "..")
+        _zip_link(zf, "c", "a/b/..")
+        zf.writestr("c/x", b"escaped")
+    dest = tmp_path / "l1" / "l2" / "out"
+    dest.parent.mkdir(parents=True)
+    with pytest.raises(KdmcseError, match="outside"):
+        extract(z, dest)
+    assert _files_outside(tmp_path, dest) == []
+    _assert_clean(dest)
+
+
+def test_tar_symlink_chain_cannot_write_outside(tmp_path):
+    tar = tmp_path / "chain.tar"
+    with tarfile.open(tar, "w") as tf:
+        _add(tf, "a", type=tarfile.SYMTYPE, linkname=".")
+        _add(tf, "a/b", type=tarfile.SYMTYPE, linkname="..")
+        _add(tf, "c", type=tarfile.SYMTYPE, linkname="a/b/..")
+        _add(tf, "c/x", b"escaped")
+    dest = tmp_path / "l1" / "l2" / "out"
+    dest.parent.mkdir(parents=True)
+    with pytest.raises(KdmcseError, match="outside"):
+        extract(tar, dest)
+    assert _files_outside(tmp_path, dest) == []
+    _assert_clean(dest)
+
+
+def test_link_that_a_later_member_redirects_outside_is_refused(tmp_path):
+    # d -> e is inside when written; a/e -> .. looks inside too, but a -> . puts it at e: d now points outside.
+    z = tmp_path / "late.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        _zip_link(zf, "d", "e")
+        _zip_link(zf, "a", ".")
+        _zip_link(zf, "a/e", "..")
+    dest = tmp_path / "out"
+    with pytest.raises(KdmcseError, match="outside"):
+        extract(z, dest)
+    _assert_clean(dest)
+
+
+def test_link_loop_is_refused(tmp_path):
+    z = tmp_path / "cycle.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        _zip_link(zf, "p", "q")
+        _zip_link(zf, "q", "p")
+        zf.writestr("p/x", b"x")
+    with pytest.raises(KdmcseError, match="links form a loop"):
+        extract(z, tmp_path / "out")
+
+
+def test_zip_links_inside_still_work(tmp_path):
+    z = tmp_path / "ok.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("d/file.txt", b"hi")
+        _zip_link(zf, "d/alias.txt", "file.txt")
+        _zip_link(zf, "up", "d")
+        zf.writestr("up/new.txt", b"through the link")
+    dest = tmp_path / "out"
+    extract(z, dest)
+    assert (dest / "d" / "alias.txt").read_bytes() == b"hi"
+    assert (dest / "d" / "new.txt").read_bytes() == b"through the link"
+
+
+# ---------------------------------------------------------------- size bounds
+def _zip_bomb(path: Path, mib: int) -> Path:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("zeros.bin", "w") as f:
+            block = bytes(1 << 20)
+            for _ in range(mib):
+                f.write(block)
+    return path
+
+
+def test_zip_bomb_is_refused_before_writing(tmp_path):
+    bomb = _zip_bomb(tmp_path / "bomb.zip", 100)  # ~100 KiB that expand to 100 MiB
+    assert bomb.stat().st_size < 1 << 20
+    dest = tmp_path / "out"
+    with pytest.raises(KdmcseError, match=r"expand.*MiB"):
+        extract(bomb, dest)
+    _assert_clean(dest)
+
+
+def test_tar_gz_bomb_is_refused_from_its_header(tmp_path):
+    bomb = tmp_path / "bomb.tar.gz"
+    with tarfile.open(bomb, "w:gz") as tf:
+        info = tarfile.TarInfo("zeros.bin")
+        info.size = 100 << 20
+        tf.addfile(info, io.BytesIO(bytes(info.size)))
+    with pytest.raises(KdmcseError, match=r"expand.*MiB"):
+        extract(bomb, tmp_path / "out")
+    _assert_clean(tmp_path / "out")
+
+
+def test_size_limit_can_be_raised(tmp_path):
+    bomb = _zip_bomb(tmp_path / "big.zip", 70)
+    dest = tmp_path / "out"
+    with pytest.raises(KdmcseError, match="--max-bytes"):
+        extract(bomb, dest)
+    extract(bomb, dest, max_bytes=80 << 20)
+    assert (dest / "zeros.bin").stat().st_size == 70 << 20
+
+
+# ---------------------------------------------------------------- permissions
+def test_extracted_folder_follows_the_umask(tmp_path):
+    import os
+
+    tar = make_senteval_tar(tmp_path / "s.tar")
+    old = os.umask(0o022)
+    try:
+        dest = extract(tar, tmp_path / "senteval")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o755
+
+
+def test_temp_folders_left_by_a_killed_extraction_are_removed(tmp_path):
+    tar = make_senteval_tar(tmp_path / "s.tar")
+    dest = tmp_path / "resources" / "senteval"
+    stale = dest.parent / ".senteval.extract-k1ll3d"  # what a SIGKILL mid-extraction leaves
+    (stale / "STS").mkdir(parents=True)
+    (stale / "STS" / "half.txt").write_bytes(b"x" * 1000)
+    extract(tar, dest)
+    assert (dest / "MR" / "rt-polarity.pos").is_file()
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["senteval"]

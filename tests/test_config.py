@@ -22,6 +22,13 @@ def base() -> dict:
     return load_config([ROOT / "config" / "config.yaml"])
 
 
+@pytest.fixture(autouse=True)
+def _in_the_project(monkeypatch):
+    # relative paths in the config (the registry, local models) are read from the working directory, as under
+    # Snakemake, which runs in the project root
+    monkeypatch.chdir(ROOT)
+
+
 def with_overlay(base: dict, text: str) -> dict:
     return merge_into(copy.deepcopy(base), yaml.safe_load(text))
 
@@ -151,3 +158,111 @@ def test_config_readme_is_generated_from_the_schema():
     readme = (ROOT / "config" / "README.md").read_text()
     assert readme == CONFIG_README_HEAD + schema_docs(), "regenerate: python -m kdmcse config --docs > config/README.md"
     assert "`train.inter_reduction`" in readme and "`sum`" in readme
+
+
+# ---------------------------------------------------------------- holes found by probing
+@pytest.mark.parametrize(
+    ("overlay", "key"),
+    [
+        ("backbones: {bert: {lr: .nan}}", "backbones.bert.lr"),
+        ("backbones: {bert: {lr: .inf}}", "backbones.bert.lr"),
+        ("train: {lambda: .nan}", "train.lambda"),
+        ("train: {temperature: .nan}", "train.temperature"),
+        ("train: {temperature_vl: .inf}", "train.temperature_vl"),
+        ("train: {margin1: .nan}", "train.margin1"),
+        ("grid: {main: {margin: .nan}}", "grid.main.margin"),
+        ("grid: {ablations: {margin: {values: [0.1, .nan]}}}", "grid.ablations.margin.values[1]"),
+        ("objectives: {kdmcse: {margin: .nan}}", "objectives.kdmcse.margin"),
+    ],
+)
+def test_nan_and_inf_are_refused(base, overlay, key):
+    msg = error_of(with_overlay(base, overlay))
+    assert f"'{key}'" in msg and "finite" in msg, msg
+
+
+@pytest.mark.parametrize(
+    ("overlay", "key"),
+    [
+        ("evaluate: {senteval: senteval_v2}", "evaluate.senteval"),
+        ("wiki: {source: wikipedia}", "wiki.source"),
+        ("captions: {flickr: {annotations: flickr_captionz}}", "captions.flickr.annotations"),
+        ("captions: {coco: {images: coco_val2014_images}}", "captions.coco.images"),
+        ("sources: {overrides: {wiki2m: {url: 'http://example.org/w.txt'}}}", "sources.overrides.wiki2m"),
+    ],
+)
+def test_artifact_keys_must_be_in_the_registry(base, overlay, key):
+    msg = error_of(with_overlay(base, overlay))
+    assert f"'{key}'" in msg and "config/sources.yaml" in msg and "known:" in msg, msg
+
+
+def test_missing_registry_file_is_named(base):
+    msg = error_of(with_overlay(base, "sources: {registry: config/nope.yaml}"))
+    assert "'sources.registry'" in msg and "config/nope.yaml" in msg
+
+
+@pytest.mark.parametrize("name", ["bad name", "a/b", "x$(id)", "flickr.v2"])
+def test_caption_corpus_names_have_a_pattern(base, name):
+    cfg = copy.deepcopy(base)
+    cfg["captions"][name] = {"format": "demo"}
+    msg = error_of(cfg)
+    assert "captions" in msg and name in msg, msg
+
+
+@pytest.mark.parametrize(
+    ("overlay", "key", "path"),
+    [
+        ("backbones: {bert: {model: ./models/no-such-bert}}", "backbones.bert.model", "models/no-such-bert"),
+        ("backbones: {bert: {model: /no/such/model/dir}}", "backbones.bert.model", "/no/such/model/dir"),
+        ("backbones: {bert: {model: 'pkg://json/no-such-folder'}}", "backbones.bert.model", "no-such-folder"),
+        ("sources: {mirror: /no/such/mirror}", "sources.mirror", "/no/such/mirror"),
+        ("sources: {overrides: {wiki1m: {path: /no/such/wiki.txt}}}", "sources.overrides.wiki1m.path",
+         "/no/such/wiki.txt"),
+        ("teachers: {vitl14: {pretrained: /no/such/ViT-L-14.pt}}", "teachers.vitl14.pretrained",
+         "/no/such/ViT-L-14.pt"),
+        ("teachers: {vitl14: {model_config: /no/such/tiny.json}}", "teachers.vitl14.model_config",
+         "/no/such/tiny.json"),
+    ],
+)
+def test_local_paths_that_do_not_exist_are_refused(base, overlay, key, path):
+    msg = error_of(with_overlay(base, overlay))
+    assert f"'{key}'" in msg and path in msg and "does not exist" in msg, msg
+
+
+def test_hub_ids_and_tags_are_not_mistaken_for_paths(base, tmp_path):
+    cfg = with_overlay(base, f"backbones: {{bert: {{model: google/bert_uncased_L-4_H-256_A-4}}}}\n"
+                             f"sources: {{mirror: {tmp_path}}}")
+    validate_config(cfg)  # an org/name id and an existing mirror folder pass
+
+
+def test_unused_entries_are_not_checked_for_paths(base):
+    cfg = with_overlay(base, "teachers: {spare: {model: ViT-B-32, pretrained: /no/such/spare.pt}}")
+    validate_config(cfg)  # no student distils from 'spare'
+
+
+@pytest.mark.parametrize(
+    ("overlay", "key"),
+    [
+        ("grid: {ablations: {margin: {objective: simcse}}}", "grid.ablations.margin"),
+        ("grid: {ablations: {margin: {objective: mcse}}}", "grid.ablations.margin"),
+        ("grid: {ablations: {threshold: {objective: simcse}}}", "grid.ablations.threshold"),
+    ],
+)
+def test_ablation_that_collapses_to_one_cell_is_refused(base, overlay, key):
+    msg = error_of(with_overlay(base, overlay))
+    assert f"'{key}" in msg and "1 cell" in msg and "objectives." in msg, msg
+
+
+def test_repeated_ablation_value_is_refused(base):
+    msg = error_of(with_overlay(base, "grid: {ablations: {margin: {values: [0.1, 0.15, 0.1]}}}"))
+    assert "grid.ablations.margin.values" in msg
+
+
+def test_snakemake_refuses_a_missing_local_model_at_dag_build(tmp_path):
+    overlay = tmp_path / "bad.yaml"
+    overlay.write_text("backbones:\n  bert: {model: ./models/no-such-bert, lr: 3.0e-5, batch_size: 64}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", str(overlay)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "backbones.bert.model" in out and "does not exist" in out, out[-2000:]

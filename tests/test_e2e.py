@@ -8,6 +8,7 @@ that a second run has nothing to do, and that changing one margin reruns only th
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -29,6 +30,7 @@ def snakemake(workdir: Path, *args: str, timeout: int = 600) -> str:
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", *args, "--cores", "2", "--configfile", "e2e.yaml"],
         cwd=workdir, capture_output=True, text=True, timeout=timeout,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),  # the fixture mirror's bytes are not the Hub's files
     )
     out = proc.stdout + proc.stderr
     if proc.returncode != 0:

@@ -233,3 +233,73 @@ def test_real_wiki_head(mirror_dir, tmp_path):
     assert t.num_rows == 11913 and t.column_names == ["text"]
     first = (mirror_dir / "wiki1m_head.txt").read_text(encoding="utf-8").split("\n", 1)[0].strip()
     assert t.column("text")[0].as_py() == first
+
+
+# ---------------------------------------------------------------- broken inputs: one line, no traceback
+def _cli_error(argv: list[str], capsys) -> str:
+    from kdmcse.__main__ import main as kdmcse_main
+
+    assert kdmcse_main(argv) == 2
+    err = capsys.readouterr().err.split("\r")[-1]  # after any progress bar
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_wiki_with_invalid_utf8_names_the_line(tmp_path, capsys):
+    src = tmp_path / "wiki.txt"
+    src.write_bytes(b"a fine sentence .\nanother one .\nbroken \xff\xfe bytes .\n")
+    err = _cli_error(["prepare", "wiki", "--input", str(src), "--out", str(tmp_path / "w.parquet")], capsys)
+    assert "line 3" in err and "UTF-8" in err and str(src) in err
+    assert not (tmp_path / "w.parquet").exists()
+
+
+def test_wiki_of_blank_lines_is_refused(tmp_path, capsys):
+    src = tmp_path / "wiki.txt"
+    src.write_text("\n   \n\t\n\n", encoding="utf-8")
+    err = _cli_error(["prepare", "wiki", "--input", str(src), "--out", str(tmp_path / "w.parquet")], capsys)
+    assert "blank" in err and str(src) in err
+    assert not (tmp_path / "w.parquet").exists()
+
+
+def _coco(images, annotations) -> dict:
+    return {"images": images, "annotations": annotations}
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        (_coco([{"id": 1, "file_name": "a.jpg"}], [{"id": 7, "image_id": 1}]), ["annotation 7", "'caption'"]),
+        (_coco([{"id": 1, "file_name": "a.jpg"}], [{"id": 7, "image_id": 1, "caption": None}]),
+         ["annotation 7", "caption"]),
+        (_coco([{"id": 1, "file_name": "a.jpg"}], [{"id": 7, "caption": "a dog ."}]), ["annotation 7", "'image_id'"]),
+        (_coco([{"id": 1}], [{"id": 7, "image_id": 1, "caption": "a dog ."}]), ["image 1", "'file_name'"]),
+        (_coco({"id": 1}, []), ["'images'", "list"]),
+    ],
+    ids=["no-caption", "null-caption", "no-image-id", "no-file-name", "images-not-a-list"],
+)
+def test_coco_annotation_problems_are_one_line(tmp_path, capsys, data, words):
+    ann = tmp_path / "captions_train2014.json"
+    ann.write_text(json.dumps(data), encoding="utf-8")
+    _images(tmp_path / "img", ["a.jpg"])
+    err = _cli_error(["prepare", "captions", "--dataset", "coco", "--input", str(ann), "--images-dir",
+                      str(tmp_path / "img"), "--out", str(tmp_path / "c.parquet")], capsys)
+    for w in words:
+        assert w in err, err
+
+
+def test_coco_zip_with_broken_json_is_one_line(tmp_path, capsys):
+    z = tmp_path / "annotations_trainval2014.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("annotations/captions_train2014.json", b'{"images": [')
+    err = _cli_error(["prepare", "captions", "--dataset", "coco", "--input", str(z), "--images-dir",
+                      str(tmp_path), "--out", str(tmp_path / "c.parquet")], capsys)
+    assert "captions_train2014.json" in err and "JSON" in err
+
+
+def test_flickr_csv_with_broken_quoting_is_one_line(tmp_path, capsys):
+    src = tmp_path / "flickr_annotations_30k.csv"
+    src.write_text('raw,sentids,split,filename,img_id\n"[""a"", ""b""]",[],train,1.jpg,0\n"[""x"",train,2.jpg\n',
+                   encoding="utf-8")
+    err = _cli_error(["prepare", "captions", "--dataset", "flickr", "--input", str(src), "--images-dir",
+                      str(tmp_path), "--out", str(tmp_path / "c.parquet")], capsys)
+    assert str(src) in err

@@ -147,3 +147,42 @@ def test_writer_refuses_inconsistent_inputs_before_writing(tmp_path):
         with pytest.raises(KdmcseError, match=message):
             write_teacher_cache(tmp_path / "c", **kwargs)
     assert not (tmp_path / "c").exists()
+
+
+# ---------------------------------------------------------------- non-finite rows
+@pytest.mark.parametrize("which", ["image_emb", "caption_emb"])
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_writer_refuses_non_finite_rows(tmp_path, which, value):
+    rng = np.random.default_rng(0)
+    data = dict(image_ids=["a", "b"], image_emb=rng.normal(size=(2, 4)).astype(np.float32),
+                caption_ids=np.array([0, 1, 2]), caption_image_ids=["a", "b", "b"], caption_texts=["x", "y", "z"],
+                caption_emb=rng.normal(size=(3, 4)).astype(np.float32))
+    data[which][1, 2] = value
+    with pytest.raises(KdmcseError, match=r"row 1 .*not finite"):
+        write_teacher_cache(tmp_path / "c", meta=META, **data)
+    assert not (tmp_path / "c").exists() or list((tmp_path / "c").iterdir()) == []
+
+
+@pytest.mark.parametrize("name,row", [("caption_emb.npy", 2), ("image_emb.npy", 1)])
+def test_reader_finds_a_non_finite_row_anywhere(tmp_path, name, row):
+    # A middle row: the fingerprint (shape, first and last rows) cannot see it; only a pass over every row can.
+    write_fixture(tmp_path / "c")
+    emb = np.load(tmp_path / "c" / name, mmap_mode="r+")
+    emb[row, 3] = np.nan
+    emb.flush()
+    del emb
+    with pytest.raises(KdmcseError, match=rf"{name}.* row {row} .*not finite"):
+        open_teacher_cache(tmp_path / "c")
+
+
+def test_large_cache_is_checked_in_blocks(tmp_path, monkeypatch):
+    from kdmcse.teacher import cache as C
+
+    monkeypatch.setattr(C, "FINITE_BLOCK_ROWS", 2)  # several blocks even for the fixture
+    write_fixture(tmp_path / "c")
+    emb = np.load(tmp_path / "c" / "caption_emb.npy", mmap_mode="r+")
+    emb[3, 0] = -np.inf
+    emb.flush()
+    del emb
+    with pytest.raises(KdmcseError, match="row 3"):
+        open_teacher_cache(tmp_path / "c")

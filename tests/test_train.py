@@ -203,7 +203,7 @@ def test_killed_run_resumes_to_identical_result(senteval, tiny_bert_dir, data, t
     monkeypatch.setattr(train_mod, "STEP_END_HOOK", None)
     train_mod.main(cli(cfg, data, out, senteval=senteval))
     a, b = json.loads((ref / "run_meta.json").read_text()), json.loads((out / "run_meta.json").read_text())
-    assert b["resumed_from_step"] == 4
+    assert json.loads((out / "run_host.json").read_text())["resumed_from_step"] == 4
     assert a["dev_history"] == b["dev_history"] and a["best_step"] == b["best_step"]
     assert len(a["dev_history"]) == (3 if senteval else 0)
     wa, wb = weights(ref), weights(out)
@@ -293,3 +293,55 @@ def test_changed_caption_table_refuses_the_cache(tiny_bert_dir, data, tmp_path):
     df.to_parquet(pairs)
     with pytest.raises(KdmcseError, match="captions_sha256"):
         train_mod.main(cli(run_config(tiny_bert_dir), dict(data, pairs=pairs), tmp_path / "run"))
+
+
+# ---------------------------------------------------------------- the teacher's model config is part of its identity
+def test_cache_of_another_teacher_model_config_is_refused(tiny_bert_dir, tmp_path):
+    """Two custom architectures under one name (as tiny test teachers are) differ only in their model config."""
+    from kdmcse.grid import Cell
+    from kdmcse.grid import run_config as grid_run_config
+
+    d = write_fixture_data(tmp_path / "d")
+    built_with, now = tmp_path / "clip-a.json", tmp_path / "clip-b.json"
+    built_with.write_text(json.dumps({"embed_dim": DIM, "layers": 2}))
+    now.write_text(json.dumps({"embed_dim": DIM, "layers": 3}))
+    # rebuild the fixture cache as the teacher stage records a custom architecture
+    meta = dict(TEACHER, captions_sha256=sha256_file(d["pairs"]), model_config_sha256=sha256_file(built_with))
+    cache = train_mod.check_inputs(run_config(tiny_bert_dir), d["text"], d["pairs"], d["teacher"], None).teacher
+    write_teacher_cache(d["teacher"], image_ids=cache.image_ids, image_emb=np.array(cache.image_emb),
+                        caption_ids=cache.caption_ids, caption_image_ids=[cache.image_ids[r] for r in cache.caption_image_row],
+                        caption_texts=["x"] * len(cache.caption_ids), caption_emb=np.array(cache.caption_emb), meta=meta)
+    cfg = {
+        "teachers": {"t": {"model": TEACHER["model"], "pretrained": TEACHER["pretrained"], "model_config": str(now)}},
+        "teacher": "t",
+        "backbones": {"tiny": {"model": str(tiny_bert_dir), "lr": 1e-3, "batch_size": 4}},
+        "train": {"epochs": 1, "max_steps": 6, "lambda": 0.5, "temperature": 0.05, "temperature_vl": 0.05,
+                  "margin1": "tied", "threshold_space": "cosine", "inter_reduction": "sum", "proj_dim": 6,
+                  "max_seq_length": 16, "eval_steps": 2, "checkpoint_steps": 2, "pooling": "cls_before_pooler",
+                  "precision": "fp32"},
+    }
+    rc = grid_run_config(cfg, Cell("wiki+x", "tiny", "kdmcse", 0.15, None))
+    with pytest.raises(KdmcseError, match="model_config_sha256"):
+        train_mod.main(cli(rc, d, tmp_path / "run"))
+    cfg["teachers"]["t"]["model_config"] = str(built_with)
+    rc = grid_run_config(cfg, Cell("wiki+x", "tiny", "kdmcse", 0.15, None))
+    assert train_mod.main(cli(rc, d, tmp_path / "run", senteval=False)) == 0
+
+
+def test_teacher_given_as_a_local_checkpoint_is_matched_by_its_checksum(tiny_bert_dir, tmp_path):
+    """The cache records a local checkpoint by its tag (if recognised) and sha256; the run config names the file."""
+    d = write_fixture_data(tmp_path / "d")
+    ckpt, other = tmp_path / "ViT-T-1.pt", tmp_path / "other.pt"
+    ckpt.write_bytes(b"weights")
+    other.write_bytes(b"other weights")
+    cache = train_mod.check_inputs(run_config(tiny_bert_dir), d["text"], d["pairs"], d["teacher"], None).teacher
+    meta = dict(TEACHER, captions_sha256=sha256_file(d["pairs"]), pretrained="openai", pretrained_source="file",
+                pretrained_file=str(ckpt), pretrained_sha256=sha256_file(ckpt))
+    write_teacher_cache(d["teacher"], image_ids=cache.image_ids, image_emb=np.array(cache.image_emb),
+                        caption_ids=cache.caption_ids, caption_image_ids=[cache.image_ids[r] for r in cache.caption_image_row],
+                        caption_texts=["x"] * len(cache.caption_ids), caption_emb=np.array(cache.caption_emb), meta=meta)
+    cfg = run_config(tiny_bert_dir, teacher={"model": TEACHER["model"], "pretrained": str(ckpt)})
+    assert train_mod.check_inputs(cfg, d["text"], d["pairs"], d["teacher"], None).teacher is not None
+    cfg = run_config(tiny_bert_dir, teacher={"model": TEACHER["model"], "pretrained": str(other)})
+    with pytest.raises(KdmcseError, match="pretrained_sha256"):
+        train_mod.check_inputs(cfg, d["text"], d["pairs"], d["teacher"], None)

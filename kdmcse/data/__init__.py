@@ -9,5 +9,8 @@ and the corpora `results/corpora/wiki.parquet` and `results/corpora/captions_<na
     python -m kdmcse prepare wiki|captions …                                             (prepare.py)
 
 `senteval.py` reads the SentEval file layouts (for the evaluate stage and for training-time selection);
-`demo_images.py` writes the demo photos that ship inside installed packages.
+`demo_images.py` writes the demo photos that ship inside installed packages. The download is split into
+`registry.py` (the registry's entries), `transfer.py` (bytes into a `.part` file, resumed conditionally),
+`hub.py` (the sha256 the Hugging Face Hub publishes) and `lockfile.py` (the sources lock file, per-target
+locks); `archive_tree.py` resolves archive members through the links the archive creates.
 """

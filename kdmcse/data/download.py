@@ -1,17 +1,23 @@
-"""Fetch one registered artifact (`config/sources.yaml`) to a local path, verified by sha256.
+"""Fetch one registered artifact (`config/sources.yaml`) to a local path, verified.
 
 `python -m kdmcse download --source KEY --registry config/sources.yaml --dest PATH [--mirror DIR_OR_URL]
-[--override-path PATH] [--override-url URL] [--override-sha256 HEX] [--lock FILE] [--timeout S] [--retries N]`
+[--override-path PATH] [--override-url URL] [--override-sha256 HEX] [--lock FILE] [--timeout S] [--retries N]
+[--lock-timeout S]`
 
 Where the bytes may come from, in order: `--override-path` alone if given (a pre-staged local file, whose
 name may differ, e.g. the offline `wiki1m_head.txt`); otherwise `<mirror>/<filename>` (folder or base URL),
 then `--override-url` or the registry's URLs. Each candidate is streamed into `.<dest name>.part` beside
-`dest`; an interrupted HTTP transfer resumes from that file with a Range request where the server answers
-206, and restarts where it does not. Only a file whose sha256 matches is renamed onto `dest`.
+`dest` (`kdmcse.data.transfer`: resumes are conditional on the file being unchanged). Only a file that passes
+the checks is renamed onto `dest`. One download of a target runs at a time (`.<dest name>.lock`); a second
+waits for it.
 
-Which sha256 is expected: `--override-sha256`, else the registry's pin (for the registry's own file), else
-the one recorded in the lock file. Where none is known, the first download records the sha256 it got in
-the lock file, and later runs must match it (so every rerun uses the same bytes).
+How a file is checked, strongest first: against a trusted sha256 (`--override-sha256`; the registry's pin;
+for a file on the Hugging Face Hub, the sha256 the Hub publishes, `kdmcse.data.hub`), else against the sha256
+recorded in the lock file by an earlier checked download, else by its length (the registry's or the Hub's
+size, or the total the server announced). A transfer none of these can check is refused: a connection that
+closes early without a Content-Length looks complete. The first checked download of an unpinned file records
+its sha256 in the lock file, and later runs must match it. A file placed at `dest` by hand is kept (and
+re-recorded) unless a trusted sha256 says it is wrong.
 
 urllib (stdlib) rather than requests or pooch: no extra dependency, byte-exact control over Range resumes
 and truncation checks, which pooch does not do (it never resumes, and COCO's zip is 13 GB).
@@ -20,45 +26,24 @@ and truncation checks, which pooch does not do (it never resumes, and COCO's zip
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime as _dt
-import fcntl
-import http.client
 import logging
 import os
 import re
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
 
-import yaml
-from tqdm import tqdm
-
-from kdmcse import __version__
+from kdmcse.data import hub
+from kdmcse.data.lockfile import target_lock, is_binding, lock_entry, record
+from kdmcse.data.registry import HEX64, Source, get_source, load_registry
+from kdmcse.data.transfer import GiveUpOnCandidate, Transfer, TransferError, copy_local, discard, http_fetch
 from kdmcse.errors import KdmcseError
-from kdmcse.io import read_json, sha256_file, write_json
+from kdmcse.io import sha256_file
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-
-
-@dataclass(frozen=True)
-class Source:
-    """One artifact of the registry."""
-
-    key: str
-    filename: str
-    urls: tuple[str, ...]
-    sha256: str | None = None
-    size: int | None = None
-    licence: str = ""
-    notes: str = ""
+__all__ = ["Source", "fetch", "get_source", "load_registry", "main"]
 
 
 @dataclass
@@ -77,191 +62,16 @@ class _Attempts:
         log.warning("%s: %s", label, why)
 
 
-class _TransferError(Exception):
-    """A transfer problem worth retrying (timeouts, drops, truncation, 5xx)."""
+@dataclass
+class _Expected:
+    """What a download must match, and where each expectation comes from (for the messages and the lock)."""
 
-
-class _GiveUpOnCandidate(Exception):
-    """A problem that retrying the same location will not fix (404, checksum of a full transfer)."""
-
-
-# ----------------------------------------------------------------------------- registry
-
-
-def load_registry(path: str | os.PathLike[str]) -> dict[str, Source]:
-    """Read and check `config/sources.yaml`; every problem names the key and the field."""
-    path = Path(path)
-    if not path.is_file():
-        raise KdmcseError(f"source registry {path} not found; pass --registry config/sources.yaml")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise KdmcseError(f"source registry {path} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict) or not raw:
-        raise KdmcseError(f"source registry {path} must map artifact keys to entries")
-    out: dict[str, Source] = {}
-    for key, entry in raw.items():
-        where = f"{path}: entry {key!r}"
-        if not isinstance(entry, dict):
-            raise KdmcseError(f"{where} must be a mapping with filename, urls, sha256, size")
-        filename = entry.get("filename")
-        if not isinstance(filename, str) or not filename or "/" in filename:
-            raise KdmcseError(f"{where}: 'filename' must be a plain file name, got {filename!r}")
-        urls = entry.get("urls") or []
-        if isinstance(urls, str):
-            urls = [urls]
-        if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
-            raise KdmcseError(f"{where}: 'urls' must be a list of strings")
-        sha = entry.get("sha256")
-        if sha is not None and not (isinstance(sha, str) and _HEX64.fullmatch(sha.lower())):
-            raise KdmcseError(f"{where}: 'sha256' must be 64 hex digits or null, got {sha!r}")
-        size = entry.get("size")
-        if size is not None and not (isinstance(size, int) and size > 0):
-            raise KdmcseError(f"{where}: 'size' must be a positive integer (bytes) or null, got {size!r}")
-        out[str(key)] = Source(
-            key=str(key),
-            filename=filename,
-            urls=tuple(urls),
-            sha256=sha.lower() if sha else None,
-            size=size,
-            licence=str(entry.get("licence") or ""),
-            notes=str(entry.get("notes") or ""),
-        )
-    return out
-
-
-def get_source(registry: str | os.PathLike[str], key: str) -> Source:
-    sources = load_registry(registry)
-    if key not in sources:
-        raise KdmcseError(f"unknown source {key!r} in {registry}; known: {', '.join(sorted(sources))}")
-    return sources[key]
-
-
-# ----------------------------------------------------------------------------- lock file
-
-
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[dict[str, Any]]:
-    """Read-modify-write the lock JSON under an OS lock: parallel download jobs share one lock file."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path.parent / f".{lock_path.name}.flock", "a+") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)
-        data = read_json(lock_path) if lock_path.is_file() else {}
-        if not isinstance(data, dict):
-            raise KdmcseError(f"lock file {lock_path} must hold a JSON object; delete it to re-record")
-        before = dict(data)
-        yield data
-        if data != before:
-            write_json(lock_path, data)
-
-
-def _lock_entry(lock_path: Path | None, lock_key: str) -> dict[str, Any] | None:
-    if lock_path is None or not lock_path.is_file():
-        return None
-    with _locked(lock_path) as data:
-        entry = data.get(lock_key)
-    return entry if isinstance(entry, dict) else None
-
-
-def _record_lock(lock_path: Path | None, lock_key: str, name: str, sha: str, size: int, origin: str) -> None:
-    if lock_path is None:
-        return
-    with _locked(lock_path) as data:
-        old = data.get(lock_key)
-        if isinstance(old, dict) and old.get("sha256") == sha:
-            return
-        data[lock_key] = {
-            "filename": name,
-            "sha256": sha,
-            "size": size,
-            "source": origin,
-            "recorded": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        }
-    log.info("recorded sha256 %s for %s in %s", sha, lock_key, lock_path)
-
-
-# ----------------------------------------------------------------------------- transfers
-
-
-
-def _progress(total: int | None, initial: int, desc: str) -> tqdm:
-    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=desc, mininterval=1.0, leave=False)
-
-
-def _copy_local(src: Path, part: Path) -> None:
-    total = src.stat().st_size
-    with open(src, "rb") as fi, open(part, "wb") as fo, _progress(total, 0, src.name) as bar:
-        for block in iter(lambda: fi.read(CHUNK), b""):
-            fo.write(block)
-            bar.update(len(block))
-
-
-def _parse_content_range(value: str | None) -> tuple[int, int | None] | None:
-    m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", (value or "").strip())
-    if not m:
-        return None
-    return int(m.group(1)), None if m.group(3) == "*" else int(m.group(3))
-
-
-def _http_fetch(url: str, part: Path, timeout: float) -> bool:
-    """Stream `url` into `part`, resuming from its current size where possible. Returns True if resumed.
-
-    Raises _TransferError for retryable problems and _GiveUpOnCandidate for 4xx answers.
-    """
-    have = part.stat().st_size if part.exists() else 0
-    headers = {"User-Agent": f"kdmcse/{__version__}", "Accept-Encoding": "identity"}
-    if have:
-        headers["Range"] = f"bytes={have}-"
-    req = urllib.request.Request(url, headers=headers)
-    try:
-        resp = urllib.request.urlopen(req, timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and have:
-            part.unlink()  # the partial file does not fit what the server has: start over
-            raise _TransferError(f"HTTP 416 for a resume from byte {have}; restarting") from exc
-        if exc.code in (408, 429) or exc.code >= 500:
-            raise _TransferError(f"HTTP {exc.code} {exc.reason}") from exc
-        raise _GiveUpOnCandidate(f"HTTP {exc.code} {exc.reason}") from exc
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise _TransferError(f"cannot connect: {reason}") from exc
-
-    with resp:
-        resumed = False
-        mode = "wb"
-        start = 0
-        if resp.status == 206 and have:
-            cr = _parse_content_range(resp.headers.get("Content-Range"))
-            if cr is None or cr[0] != have:
-                part.unlink()
-                raise _TransferError(f"server answered a resume with an unexpected Content-Range "
-                                     f"{resp.headers.get('Content-Range')!r}; restarting")
-            mode, start, resumed = "ab", have, True
-            log.info("resuming %s from byte %d", url, have)
-        elif have:
-            log.info("server ignored the Range request for %s; restarting from byte 0", url)
-        length = resp.headers.get("Content-Length")
-        expected_total = start + int(length) if length and length.isdigit() else None
-        written = start
-        try:
-            with open(part, mode) as f, _progress(expected_total, start, Path(part.name).stem) as bar:
-                while True:
-                    block = resp.read(CHUNK)
-                    if not block:
-                        break
-                    f.write(block)
-                    written += len(block)
-                    bar.update(len(block))
-        except (OSError, http.client.HTTPException) as exc:  # includes timeouts and IncompleteRead
-            raise _TransferError(f"connection lost after {written} bytes: {exc!r}") from exc
-        if expected_total is not None and written != expected_total:
-            raise _TransferError(f"truncated transfer: got {written} of {expected_total} bytes "
-                                 "(Content-Length mismatch)")
-    return resumed
-
-
-# ----------------------------------------------------------------------------- main entry
+    sha256: str | None = None
+    sha_from: str = ""
+    trusted: bool = False  # from --override-sha256, the registry or the Hub (not merely the lock file)
+    size: int | None = None
+    size_from: str = ""
+    advisory: str | None = None  # a lock entry from a release that did not check lengths
 
 
 def _candidates(source: Source, mirror: str | None, override_path: str | None,
@@ -281,6 +91,70 @@ def _candidates(source: Source, mirror: str | None, override_path: str | None,
     return out
 
 
+def _expectation(source: Source, own_file: bool, override_sha256: str | None, override_url: str | None,
+                 locked: dict | None, ask_hub: bool, lock_path: Path | None) -> _Expected:
+    exp = _Expected(size=source.size if own_file else None, size_from="the registry")
+    if override_sha256:
+        exp.sha256, exp.sha_from, exp.trusted = override_sha256, "--override-sha256", True
+    elif own_file and source.sha256:
+        exp.sha256, exp.sha_from, exp.trusted = source.sha256, "the registry", True
+    elif is_binding(locked):
+        exp.sha256, exp.sha_from = locked["sha256"], f"lock file {lock_path}"  # type: ignore[index]
+    if locked is not None and not is_binding(locked):
+        exp.advisory = locked["sha256"]
+    if ask_hub and (exp.sha256 is None or exp.size is None):
+        urls = [override_url] if override_url else (list(source.urls) if own_file else [])
+        published = next((hub.published_file(u) for u in urls if hub.is_hub_url(u)), None)
+        if published is not None:
+            if exp.sha256 is None and published.sha256:
+                exp.sha256, exp.sha_from, exp.trusted = published.sha256, "the sha256 the Hub publishes", True
+            if exp.size is None and published.size:
+                exp.size, exp.size_from = published.size, "the size the Hub publishes"
+    return exp
+
+
+def _how_checked(exp: _Expected, transfer: Transfer, cand: _Candidate) -> str | None:
+    """How the bytes in the .part file were checked, or None if nothing could check them."""
+    if exp.sha256 is not None:
+        return {"--override-sha256": "sha256 from --override-sha256", "the registry": "sha256 pinned in the registry",
+                "the sha256 the Hub publishes": "sha256 published by the Hub"}.get(exp.sha_from,
+                                                                                  "sha256 recorded in the lock")
+    if exp.size is not None:
+        return f"length against {exp.size_from}"
+    if not cand.is_url:
+        return "copied from a local file"
+    if transfer.total is not None:
+        return "length announced by the server"
+    return None
+
+
+def _keep_present(dest: Path, name: str, exp: _Expected, locked: dict | None, lock_path: Path | None,
+                  lock_key: str) -> bool:
+    """Decide on a file already at `dest`: True = keep it (and record it), False = fetch again."""
+    got = sha256_file(dest)
+    size = dest.stat().st_size
+    if exp.sha256 is not None and exp.trusted:
+        if got == exp.sha256:
+            log.info("%s already present at %s (sha256 %s matches %s)", name, dest, got, exp.sha_from)
+            record(lock_path, lock_key, name, got, size, str(dest), f"sha256 matching {exp.sha_from}")
+            return True
+        log.warning("%s exists but its sha256 %s != %s from %s; fetching it again", dest, got, exp.sha256,
+                    exp.sha_from)
+        return False
+    known = exp.sha256 or exp.advisory
+    if known is None or got == known:
+        log.info("%s already present at %s (sha256 %s)", name, dest, got)
+        checked = (locked or {}).get("checked") or ("placed by hand" if known is None
+                                                     else "present, matching an earlier lock entry")
+    else:
+        # No trusted checksum: the user's own copy wins over what an earlier download recorded.
+        log.warning("keeping %s placed by hand at %s (sha256 %s); it replaces sha256 %s recorded in %s",
+                    name, dest, got, known, lock_path)
+        checked = "placed by hand"
+    record(lock_path, lock_key, name, got, size, str(dest), checked)
+    return True
+
+
 def fetch(
     source: Source,
     dest: str | os.PathLike[str],
@@ -293,17 +167,28 @@ def fetch(
     timeout: float = 60.0,
     retries: int = 3,
     backoff: float = 1.0,
+    lock_timeout: float | None = None,
 ) -> Path:
-    """Obtain `source` at `dest`, verified; raise one KdmcseError listing every attempt if nothing works."""
+    """Obtain `source` at `dest`, checked; raise one KdmcseError listing every attempt if nothing works.
+
+    `lock_timeout`: seconds to wait for another download of the same `dest` (None: as long as it takes).
+    """
     dest = Path(dest)
-    lock_path = Path(lock) if lock else None
     if override_sha256 is not None:
         override_sha256 = override_sha256.strip().lower()
-        if not _HEX64.fullmatch(override_sha256):
+        if not HEX64.fullmatch(override_sha256):
             raise KdmcseError(f"--override-sha256 must be 64 hex digits, got {override_sha256!r}")
     if override_path and not Path(override_path).is_file():
         raise KdmcseError(f"--override-path {override_path} is not a file; stage the file there first")
+    with target_lock(dest, lock_timeout):
+        return _fetch(source, dest, mirror=mirror, override_path=override_path, override_url=override_url,
+                      override_sha256=override_sha256, lock_path=Path(lock) if lock else None, timeout=timeout,
+                      retries=retries, backoff=backoff)
 
+
+def _fetch(source: Source, dest: Path, *, mirror: str | None, override_path: str | None, override_url: str | None,
+           override_sha256: str | None, lock_path: Path | None, timeout: float, retries: int,
+           backoff: float) -> Path:
     # A file under another name (e.g. the mirror's wiki1m_head.txt) is another artifact: the registry's
     # pin and size do not apply to it, and the lock file keeps its checksum under its own key.
     if override_path:
@@ -314,19 +199,12 @@ def fetch(
         name = source.filename
     own_file = name == source.filename
     lock_key = source.key if own_file else f"{source.key}/{name}"
-    locked = _lock_entry(lock_path, lock_key)
-    expected = override_sha256 or (source.sha256 if own_file else None) or (locked or {}).get("sha256")
-    expected_from = ("--override-sha256" if override_sha256 else "the registry" if own_file and source.sha256
-                     else f"lock file {lock_path}" if expected else None)
-    size = source.size if own_file else None
+    locked = lock_entry(lock_path, lock_key)
+    exp = _expectation(source, own_file, override_sha256, override_url, locked, ask_hub=not override_path,
+                       lock_path=lock_path)
 
-    if dest.is_file():
-        got = sha256_file(dest)
-        if expected is None or got == expected:
-            log.info("%s already present at %s (sha256 %s)", name, dest, got)
-            _record_lock(lock_path, lock_key, name, got, dest.stat().st_size, str(dest))
-            return dest
-        log.warning("%s exists but its sha256 %s != expected %s; fetching it again", dest, got, expected)
+    if dest.is_file() and _keep_present(dest, name, exp, locked, lock_path, lock_key):
+        return dest
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.parent / f".{dest.name}.part"
@@ -339,41 +217,59 @@ def fetch(
             if attempt:
                 time.sleep(backoff * 2 ** (attempt - 1))
             try:
-                resumed = _http_fetch(cand.location, part, timeout) if cand.is_url else False
-                if not cand.is_url:
-                    _copy_local(Path(cand.location), part)
-            except _GiveUpOnCandidate as exc:
+                if cand.is_url:
+                    transfer = http_fetch(cand.location, part, timeout)
+                    if transfer.total is None and exp.sha256 is None and exp.size is None and transfer.ranges:
+                        # The body ended with the connection and nothing says how long it is: ask for the
+                        # bytes after it. 416 "*/N" confirms the end; a 206 means the body had been cut.
+                        transfer = http_fetch(cand.location, part, timeout)
+                else:
+                    transfer = copy_local(Path(cand.location), part)
+            except GiveUpOnCandidate as exc:
                 attempts.add(cand.label, str(exc))
                 break
-            except _TransferError as exc:
+            except TransferError as exc:
                 attempts.add(cand.label, f"attempt {attempt + 1}/{retries}: {exc}")
                 continue
             except OSError as exc:
                 attempts.add(cand.label, f"cannot read or write: {exc}")
                 break
             got_size = part.stat().st_size
-            if size is not None and got_size != size:
-                part.unlink()
-                attempts.add(cand.label, f"size {got_size} bytes != registry size {size}")
-                if resumed:
+            if exp.size is not None and got_size != exp.size:
+                discard(part)
+                attempts.add(cand.label, f"size {got_size} bytes != {exp.size} from {exp.size_from}")
+                if transfer.resumed:
                     continue
+                break
+            checked = _how_checked(exp, transfer, cand)
+            if checked is None:
+                discard(part)
+                attempts.add(cand.label, "the server sent no Content-Length and refuses Range requests, so a "
+                                         "complete transfer cannot be told from a cut one (length unchecked), and "
+                                         "no sha256 is known to check it against")
                 break
             got = sha256_file(part)
-            if expected is not None and got != expected:
-                part.unlink()
-                attempts.add(cand.label, f"sha256 {got} != expected {expected} (from {expected_from})")
-                if resumed:  # a stale partial file may be at fault: one fresh try
+            if exp.sha256 is not None and got != exp.sha256:
+                discard(part)
+                attempts.add(cand.label, f"sha256 {got} != expected {exp.sha256} (from {exp.sha_from})")
+                if transfer.resumed:  # a stale partial file may be at fault: one fresh try
                     continue
                 break
+            if exp.advisory is not None and got != exp.advisory:
+                log.warning("the lock entry of %s (sha256 %s) was recorded by a release whose downloads were not "
+                            "length-checked; replacing it with the checked sha256 %s", lock_key, exp.advisory, got)
             os.replace(part, dest)
-            _record_lock(lock_path, lock_key, name, got, got_size, cand.location)
-            log.info("fetched %s -> %s (sha256 %s)", cand.label, dest, got)
+            discard(part)
+            record(lock_path, lock_key, name, got, got_size, cand.location, checked)
+            log.info("fetched %s -> %s (sha256 %s, %s)", cand.label, dest, got, checked)
             return dest
 
     tried = "\n".join(f"  - {f}" for f in attempts.failures) or "  (no location to try)"
+    expected = (f"{exp.sha256} (from {exp.sha_from})" if exp.sha256
+                else "not pinned (a length-checked download is accepted and recorded in the lock file)")
     raise KdmcseError(
         f"could not obtain {name} (source {source.key!r}). Tried:\n{tried}\n"
-        f"expected sha256: {expected or 'not pinned (any content is accepted and recorded in the lock file)'}\n"
+        f"expected sha256: {expected}\n"
         f"To fix: download {name} by hand and place it at {dest} (or in a folder passed as --mirror, "
         f"or pass --override-path FILE), then rerun."
     )
@@ -392,11 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=60.0, help="socket timeout in seconds")
     ap.add_argument("--retries", type=int, default=3, help="attempts per location")
     ap.add_argument("--backoff", type=float, default=2.0, help="first retry delay in seconds (doubles)")
+    ap.add_argument("--lock-timeout", type=float, default=None,
+                    help="seconds to wait for another download of the same file (default: as long as it takes)")
     args = ap.parse_args(argv)
 
     source = get_source(args.registry, args.source)
     dest = Path(args.dest) if args.dest else Path("resources/downloads") / source.filename
     fetch(source, dest, mirror=args.mirror, override_path=args.override_path, override_url=args.override_url,
           override_sha256=args.override_sha256, lock=args.lock, timeout=args.timeout, retries=args.retries,
-          backoff=args.backoff)
+          backoff=args.backoff, lock_timeout=args.lock_timeout)
     return 0

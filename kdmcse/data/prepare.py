@@ -64,17 +64,35 @@ def prepare_wiki(input_path: str | os.PathLike[str], out: str | os.PathLike[str]
     texts: list[str] = []
     # Iterate the file in text mode like the original loader (universal newlines), then strip each line.
     with open(input_path, encoding="utf-8") as f:
-        for line in tqdm(f, desc="wiki", unit=" lines", mininterval=1.0, leave=False):
-            if max_lines is not None and len(texts) >= max_lines:
-                break
-            texts.append(line.strip())
+        try:
+            for line in tqdm(f, desc="wiki", unit=" lines", mininterval=1.0, leave=False):
+                if max_lines is not None and len(texts) >= max_lines:
+                    break
+                texts.append(line.strip())
+        except UnicodeDecodeError as exc:
+            raise KdmcseError(f"wiki input {input_path}: line {_first_non_utf8_line(input_path)} is not UTF-8 "
+                              f"({exc.reason}); fix or re-download the file") from exc
     if not texts:
         raise KdmcseError(f"wiki input {input_path} is empty")
+    if not any(texts):
+        raise KdmcseError(f"wiki input {input_path}: all {len(texts)} line(s) read are blank; pass the sentence file "
+                          "(one sentence per line)")
     table = pa.table({"text": pa.array(texts, type=pa.string())})
     with atomic_path(out, suffix=".parquet.tmp") as tmp:
         pq.write_table(table, tmp)
     log.info("wrote %d sentences to %s", len(texts), out)
     return len(texts)
+
+
+def _first_non_utf8_line(path: Path) -> int:
+    """1-based number of the first line that is not UTF-8 (the decoder's offsets count from its read block)."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return n
+    return 0
 
 
 # ----------------------------------------------------------------------------- flickr layouts
@@ -107,10 +125,18 @@ def detect_flickr_layout(path: Path) -> str:
     )
 
 
-def _read_nlphuji(path: Path) -> list[CaptionRow]:
+def _read_csv(path: Path, **kwargs):
     import pandas as pd
 
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        return pd.read_csv(path, **kwargs)
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise KdmcseError(f"{path} is not a readable captions CSV ({str(exc).strip().splitlines()[0]}); "
+                          "re-download it or pass the original file") from exc
+
+
+def _read_nlphuji(path: Path) -> list[CaptionRow]:
+    df = _read_csv(path, dtype=str, keep_default_na=False)
     rows: list[CaptionRow] = []
     for i, (raw, filename) in enumerate(zip(df["raw"], df["filename"])):
         try:
@@ -124,16 +150,14 @@ def _read_nlphuji(path: Path) -> list[CaptionRow]:
 
 
 def _read_kaggle(path: Path, pipe: bool) -> list[CaptionRow]:
-    import pandas as pd
-
     # pandas' default NaN handling is kept on purpose: the paper read captions.txt the same way and then
     # dropped the NaN captions, so an empty caption field is dropped here too.
     if pipe:
-        df = pd.read_csv(path, sep="|", skipinitialspace=True, dtype={"image_name": str})
+        df = _read_csv(path, sep="|", skipinitialspace=True, dtype={"image_name": str})
         df.columns = [c.strip().lower() for c in df.columns]
         images, captions = df["image_name"], df["comment"]
     else:
-        df = pd.read_csv(path, dtype={"image": str})
+        df = _read_csv(path, dtype={"image": str})
         df.columns = [c.strip().lower() for c in df.columns]
         images, captions = df["image"], df["caption"]
     return [CaptionRow(Path(str(img).strip()).stem, str(img).strip(), cap) for img, cap in zip(images, captions)]
@@ -170,18 +194,33 @@ def read_flickr(path: Path) -> list[CaptionRow]:
 
 
 def _load_coco_json(path: Path) -> dict:
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            names = [n for n in zf.namelist() if n.endswith("captions_train2014.json")]
-            if not names:
-                raise KdmcseError(f"{path} holds no captions_train2014.json; pass annotations_trainval2014.zip "
-                                  "or the JSON itself")
-            with zf.open(names[0]) as f:
-                return json.load(io.TextIOWrapper(f, encoding="utf-8"))
+    where = str(path)
     try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                names = [n for n in zf.namelist() if n.endswith("captions_train2014.json")]
+                if not names:
+                    raise KdmcseError(f"{path} holds no captions_train2014.json; pass annotations_trainval2014.zip "
+                                      "or the JSON itself")
+                where = f"{path} ({names[0]})"
+                with zf.open(names[0]) as f:
+                    return json.load(io.TextIOWrapper(f, encoding="utf-8"))
         return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise KdmcseError(f"{path} is not valid JSON ({exc}); pass captions_train2014.json") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise KdmcseError(f"{where} is not valid JSON ({exc}); pass captions_train2014.json or the annotations "
+                          "zip, downloaded again") from exc
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise KdmcseError(f"{path} cannot be read ({exc}); download it again") from exc
+
+
+def _coco_field(path: Path, what: str, item: object, field: str, kinds: tuple[type, ...]) -> object:
+    """`item[field]`, which must exist and be of one of `kinds`; else one line naming the entry."""
+    value = item.get(field) if isinstance(item, dict) else None
+    if not isinstance(value, kinds) or isinstance(value, bool):
+        got = "missing" if not isinstance(item, dict) or field not in item else f"{type(value).__name__} {value!r}"
+        raise KdmcseError(f"{path}: {what} has no valid '{field}' ({got}); this is not a COCO captions file as "
+                          "released (annotations/captions_train2014.json)")
+    return value
 
 
 def read_coco(path: Path) -> list[CaptionRow]:
@@ -189,12 +228,21 @@ def read_coco(path: Path) -> list[CaptionRow]:
     data = _load_coco_json(path)
     if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
         raise KdmcseError(f"{path}: not a COCO captions file (needs 'images' and 'annotations')")
-    files = {img["id"]: img["file_name"] for img in data["images"]}
+    for key in ("images", "annotations"):
+        if not isinstance(data[key], list):
+            raise KdmcseError(f"{path}: '{key}' must be a list, got {type(data[key]).__name__}")
+    files: dict[object, str] = {}
+    for i, img in enumerate(data["images"]):
+        image_id = _coco_field(path, f"images[{i}]", img, "id", (int, str))
+        files[image_id] = str(_coco_field(path, f"image {image_id}", img, "file_name", (str,)))
     rows: list[CaptionRow] = []
-    for ann in data["annotations"]:
-        if ann["image_id"] not in files:
-            raise KdmcseError(f"{path}: annotation {ann.get('id')} refers to unknown image_id {ann['image_id']}")
-        rows.append(CaptionRow(str(ann["image_id"]), files[ann["image_id"]], ann["caption"]))
+    for i, ann in enumerate(data["annotations"]):
+        what = f"annotation {ann.get('id', f'#{i}')}" if isinstance(ann, dict) else f"annotations[{i}]"
+        image_id = _coco_field(path, what, ann, "image_id", (int, str))
+        caption = _coco_field(path, what, ann, "caption", (str,))
+        if image_id not in files:
+            raise KdmcseError(f"{path}: {what} refers to unknown image_id {image_id}")
+        rows.append(CaptionRow(str(image_id), files[image_id], caption))
     log.info("coco: %d captions of %d images read", len(rows), len({r.image_id for r in rows}))
     return rows
 

@@ -10,6 +10,10 @@ Layout of a cache folder (written by `write_teacher_cache`, read by `open_teache
 Both Parquet files carry the same JSON metadata under the schema metadata key `kdmcse.teacher`. It holds a
 `content_sha256` over all ids and embeddings and a fingerprint of each `.npy`, so files left over from another run
 (a crash between two file writes) are detected when the cache is opened.
+
+Every embedding row must be finite (an fp16 overflow gives inf, and NaN poisons every loss it touches): the writer
+refuses such rows, and the reader checks every row in one vectorised pass over the memory map when it opens the
+cache, rather than letting training stop at whichever batch first reaches one.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ CAPTIONS_PARQUET = "captions.parquet"
 IMAGE_NPY = "image_emb.npy"
 CAPTION_NPY = "caption_emb.npy"
 CACHE_FILES = (IMAGES_PARQUET, CAPTIONS_PARQUET, IMAGE_NPY, CAPTION_NPY)
+FINITE_BLOCK_ROWS = 1 << 16  # rows per block of the finiteness pass (bounds its memory on a COCO-sized cache)
 # `expect` keys that name a metadata entry under another name
 _EXPECT_ALIASES = {"dim": "dim", "D": "dim", "captions_sha": "captions_sha256"}
 
@@ -69,6 +74,20 @@ def _row_fingerprint(emb: np.ndarray) -> str:
         h.update(np.ascontiguousarray(emb[0], dtype="<f4").tobytes())
         h.update(np.ascontiguousarray(emb[-1], dtype="<f4").tobytes())
     return h.hexdigest()
+
+
+def first_non_finite_row(emb: np.ndarray) -> int | None:
+    """Index of the first row holding a NaN or inf, or None; one pass, block by block, over a memory map.
+
+    A row sum accumulated in float64 is non-finite exactly when the row holds a non-finite value (finite
+    float32 values cannot overflow float64), and needs no boolean temporary the size of the block.
+    """
+    for start in range(0, len(emb), FINITE_BLOCK_ROWS):
+        sums = np.asarray(emb[start : start + FINITE_BLOCK_ROWS]).sum(axis=1, dtype=np.float64)
+        bad = ~np.isfinite(sums)
+        if bad.any():
+            return start + int(np.argmax(bad))
+    return None
 
 
 def _content_sha256(image_ids, image_emb, caption_ids, caption_image_ids, caption_emb) -> str:
@@ -145,6 +164,13 @@ def write_teacher_cache(
         )
     if "dim" in meta and int(meta["dim"]) != dim:
         raise KdmcseError(f"teacher cache {out_dir}: meta says dim={meta['dim']} but embeddings have {dim}")
+    for what, emb, ids in (("image", image_emb, image_ids), ("caption", caption_emb, caption_ids)):
+        row = first_non_finite_row(emb)
+        if row is not None:
+            raise KdmcseError(
+                f"teacher cache {out_dir}: the {what} embedding in row {row} ({what} id {ids[row]}) is not finite "
+                "(NaN or inf); nothing was written. With --precision fp16 or bf16 try fp32; else check that input"
+            )
 
     full_meta: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION, "normalised": False}
     full_meta.update(dict(meta))
@@ -279,6 +305,13 @@ def open_teacher_cache(path: str | os.PathLike[str], expect: Mapping[str, Any] |
     fingerprints = meta.get("npy_fingerprints", {})
     image_emb = _open_npy(path / IMAGE_NPY, n_img, dim, fingerprints.get(IMAGE_NPY))
     caption_emb = _open_npy(path / CAPTION_NPY, n_cap, dim, fingerprints.get(CAPTION_NPY))
+    for name, emb in ((IMAGE_NPY, image_emb), (CAPTION_NPY, caption_emb)):
+        row = first_non_finite_row(emb)
+        if row is not None:
+            raise KdmcseError(
+                f"teacher cache file {path / name}: row {row} is not finite (NaN or inf); the file is damaged or "
+                "was not written by `python -m kdmcse teacher`: rebuild the cache"
+            )
     return TeacherCache(
         path=path,
         image_emb=image_emb,

@@ -15,7 +15,6 @@ import logging
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from kdmcse.errors import KdmcseError
+from kdmcse.io import make_temp_dir
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,9 @@ def save_checkpoint(ckpt_dir: str | os.PathLike[str], state: dict[str, Any], fin
     """
     final = Path(ckpt_dir)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):  # left by a save that was killed (one writer)
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = make_temp_dir(final.parent, prefix=f".{final.name}.tmp-")  # the umask's mode, not mkdtemp's 0700
     old = final.with_name(final.name + ".old")
     try:
         torch.save(state, tmp / STATE_FILE)

@@ -1,5 +1,9 @@
 """Training inputs: read and cross-check the corpora, the teacher cache and the SentEval folder before any model
 is loaded, then tokenise each corpus once and map caption rows to teacher-cache rows.
+
+Captions the teacher left out with `--skip-bad-images` (their image was unreadable; the cache records how many)
+are left out of training too, and the log says how many. Any other caption without an embedding means the cache
+is stale, and is refused.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ class Inputs:
     caption_ids: np.ndarray | None
     teacher: Any | None  # an opened TeacherCache
     senteval: Path | None
+    pairs_skipped: int = 0  # caption rows the teacher skipped (unreadable images), left out here too
 
 
 def check_inputs(cfg: dict[str, Any], text: Path, pairs: Path | None, teacher: Path | None,
@@ -74,6 +79,7 @@ def check_inputs(cfg: dict[str, Any], text: Path, pairs: Path | None, teacher: P
     if any(t is None for t in texts):
         raise KdmcseError(f"--text corpus {text} has null rows; rebuild it with `python -m kdmcse prepare wiki`")
     captions = caption_ids = cache = None
+    skipped = 0
     if cfg["objective"] == "simcse":
         if pairs is not None or teacher is not None:
             log.info("objective simcse trains on the text corpus only: --pairs/--teacher are ignored")
@@ -87,13 +93,63 @@ def check_inputs(cfg: dict[str, Any], text: Path, pairs: Path | None, teacher: P
         if not captions:
             raise KdmcseError(f"--pairs caption table {pairs} has no rows")
         expect = dict(cfg["teacher"], captions_sha256=sha256_file(pairs))
+        checkpoint = Path(expect["pretrained"])
+        if checkpoint.is_file():  # the cache names a local checkpoint by its tag or file name: compare the bytes
+            del expect["pretrained"]
         cache = open_teacher_cache(teacher, expect=expect)
+        _check_model_config(cache, cfg["teacher"])
+        if checkpoint.is_file():
+            _check_checkpoint(cache, checkpoint)
+        captions, caption_ids, skipped = _leave_out_skipped(captions, caption_ids, cache, pairs)
     if senteval is not None:
         dev = senteval / "STS" / "STSBenchmark" / "sts-dev.csv"
         if not dev.is_file():
             raise KdmcseError(f"--senteval {senteval} has no STS/STSBenchmark/sts-dev.csv; pass the folder that "
                               "holds SentEval's STS/ (the extracted senteval.tar), or omit --senteval")
-    return Inputs(texts, captions, caption_ids, cache, senteval)
+    return Inputs(texts, captions, caption_ids, cache, senteval, pairs_skipped=skipped if cache else 0)
+
+
+def _check_model_config(cache: Any, teacher: dict[str, Any]) -> None:
+    """A custom architecture is known by its model config, not by its name alone (tiny test teachers share one)."""
+    want, have = teacher.get("model_config_sha256"), cache.meta.get("model_config_sha256")
+    if want != have:
+        raise KdmcseError(
+            f"teacher cache {cache.path} was built with model_config_sha256={have!r}, but the run config's teacher "
+            f"has {want!r} (another model-config JSON); rebuild the cache with `python -m kdmcse teacher` for that "
+            "setting, or point to the matching cache"
+        )
+
+
+def _check_checkpoint(cache: Any, checkpoint: Path) -> None:
+    """A teacher given as a local checkpoint file is the cache's teacher if the cache was built from those bytes."""
+    have, want = cache.meta.get("pretrained_sha256"), sha256_file(checkpoint)
+    if have != want:
+        raise KdmcseError(
+            f"teacher cache {cache.path} was built from a checkpoint with pretrained_sha256={have!r}, but "
+            f"{checkpoint} has {want}; rebuild the cache with `python -m kdmcse teacher --pretrained {checkpoint}`, "
+            "or point to the matching cache"
+        )
+
+
+def _leave_out_skipped(captions: list[str], caption_ids: np.ndarray, cache: Any,
+                       pairs: Path) -> tuple[list[str], np.ndarray, int]:
+    """Drop the caption rows the teacher recorded as skipped; refuse any other caption without an embedding."""
+    present = np.isin(caption_ids, cache.caption_ids)
+    missing = int((~present).sum())
+    if not missing:
+        return captions, caption_ids, 0
+    recorded = int(cache.meta.get("n_skipped_captions") or 0)
+    if missing != recorded or int(cache.meta.get("n_captions_source", -1)) != len(caption_ids):
+        raise KdmcseError(
+            f"teacher cache {cache.path} has no embedding for {missing} caption(s) of {pairs}, e.g. caption_id(s) "
+            f"{caption_ids[~present][:3].tolist()}, and records {recorded} as skipped; rebuild it from this "
+            "caption table"
+        )
+    n_images = len(cache.meta.get("skipped_images") or [])
+    log.warning("the teacher skipped %d unreadable image(s) and their %d caption(s) (--skip-bad-images): "
+                "training on %d of %d image-caption pairs", n_images, missing, len(caption_ids) - missing,
+                len(caption_ids))
+    return [c for c, keep in zip(captions, present) if keep], caption_ids[present], missing
 
 
 def data_info(inputs: Inputs) -> dict[str, Any]:
@@ -102,6 +158,8 @@ def data_info(inputs: Inputs) -> dict[str, Any]:
     if inputs.captions is not None:
         info.update(pair_rows=len(inputs.captions), teacher_dim=inputs.teacher.dim,
                     teacher_content_sha256=inputs.teacher.meta.get("content_sha256"))
+        if inputs.pairs_skipped:  # only when non-zero, so the fingerprints of other runs stay as they were
+            info["pairs_skipped"] = inputs.pairs_skipped
     return info
 
 
@@ -119,7 +177,7 @@ def build_data(inputs: Inputs, tokenizer: Any, max_length: int, show_progress: b
         pos = np.minimum(pos, len(order) - 1)
         rows = order[pos]
         found = cache.caption_ids[rows] == inputs.caption_ids
-        if not found.all():
+        if not found.all():  # check_inputs has refused this already; kept as a guard for direct callers
             missing = inputs.caption_ids[~found][:3].tolist()
             raise KdmcseError(f"teacher cache {cache.path} has no embedding for caption_id(s) {missing}; "
                               "rebuild it from this caption table")

@@ -231,7 +231,11 @@ def _device_name(device: torch.device) -> str:
 
 def finish(run: Run, *, seed: int, text: Path, out: Path, pairs: Path | None, teacher: Path | None,
            senteval: Path | None, paired_done: int, started: float) -> dict[str, Any]:
-    """Load the selected weights and write model/, heads.pt and run_meta.json (the completion marker)."""
+    """Load the selected weights and write model/, heads.pt and run_meta.json (the completion marker).
+
+    run_meta.json holds only what follows from the inputs and the seed, so two runs give the same bytes; the wall
+    time, the device's name and a resume go to run_host.json beside it (not a declared output).
+    """
     best = run.selection.best
     if best["state"] is not None:
         run.student.load_state_dict(best["state"])
@@ -244,13 +248,15 @@ def finish(run: Run, *, seed: int, text: Path, out: Path, pairs: Path | None, te
         "inputs": {"text": str(text), "pairs": str(pairs) if has_pairs else None,
                    "teacher": str(teacher) if has_pairs else None,
                    "senteval": str(senteval) if senteval is not None else None, **run.data.info},
-        "versions": _versions(), "device": _device_name(run.device), "world_size": run.ctx.world_size,
+        "versions": _versions(), "device_type": run.device.type, "world_size": run.ctx.world_size,
         "schedule": run.schedule.to_dict(), "total_steps": run.schedule.total_steps, "paired_steps": paired_done,
         "selection": selection, "best_dev_spearman": best["score"], "best_step": best["step"],
-        "dev_history": run.selection.history, "resumed_from_step": run.start_step or None,
-        "wall_time_s": round(time.time() - started, 3),
+        "dev_history": run.selection.history,
     }
+    host = {"device": _device_name(run.device), "host": platform.node(), "resumed_from_step": run.start_step or None,
+            "wall_time_s": round(time.time() - started, 3)}
     save_student(run.student, run.tokenizer, out / "model", pooling=run.cfg["pooling"])
+    write_json(out / "run_host.json", host)
     write_json(out / "run_meta.json", meta)
     remove_checkpoint(run.ckpt_dir)
     return meta

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdmcse.errors import KdmcseError
-from kdmcse.io import atomic_path
+from kdmcse.io import atomic_path, make_temp_dir
 
 log = logging.getLogger(__name__)
 
@@ -250,14 +250,19 @@ def save_student(
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     heads_file = Path(heads_path) if heads_path is not None else default_heads_path(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    # left by a save that was killed before its rename (a student has one writer, so none is in use)
+    for stale in [*out.parent.glob(f".{out.name}.*.tmp"), *out.parent.glob(f".{out.name}.*.old")]:
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = make_temp_dir(out.parent, prefix=f".{out.name}.", suffix=".tmp")  # the umask's mode, not 0700
     try:
         _copy_mlp_into_encoder_pooler(model)
         model.encoder.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         _write_sentence_transformers_files(model, tokenizer, tmp, pooling)
-        with atomic_path(heads_file, suffix=".pt.tmp") as heads_tmp:
-            torch.save({**model.heads_state(), "pooling": pooling}, heads_tmp)
+        with atomic_path(heads_file, suffix=".pt.tmp") as heads_tmp, open(heads_tmp, "wb") as f:
+            # torch.save names the records inside its zip after the *file name* it is given (here a random temp
+            # name); given a file object it uses a fixed one, so the same heads always give the same bytes
+            torch.save({**model.heads_state(), "pooling": pooling}, f)
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -49,9 +49,11 @@ RUN_CONFIG_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "pooling": (lambda v: v in POOLINGS, f"one of {', '.join(POOLINGS)}"),
     "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
     "teacher": (
-        lambda v: isinstance(v, dict) and set(v) == {"model", "pretrained"}
+        lambda v: isinstance(v, dict) and {"model", "pretrained"} <= set(v) <= {"model", "pretrained",
+                                                                                "model_config_sha256"}
         and all(isinstance(x, str) and x for x in v.values()),
-        'an object {"model": …, "pretrained": …} naming the CLIP teacher of the cache',
+        'an object {"model": …, "pretrained": …} naming the CLIP teacher of the cache (plus "model_config_sha256" '
+        "for a custom architecture)",
     ),
     "checkpoint_steps": (lambda v: v is None or (_is_int(v) and v >= 1), "null (off) or an integer >= 1"),
 }

@@ -3,10 +3,11 @@ import hashlib
 import json
 from pathlib import Path
 
-import yaml
 
 import kdmcse
 from kdmcse.config import coerce_cli_values, merge_into, validate_config
+from kdmcse.data.registry import load_registry
+from kdmcse.io import sha256_file
 from kdmcse.grid import (
     Cell,
     ablation_cells,
@@ -22,7 +23,8 @@ from kdmcse.grid import (
 merge_into(config, coerce_cli_values(workflow.config_settings.config))
 config.update(validate_config(config))
 
-REGISTRY = yaml.safe_load(Path(config["sources"]["registry"]).read_text(encoding="utf-8"))
+# The registry is checked as a whole at DAG build too (file names, checksums, sizes), not only when a job runs.
+REGISTRY = {key: vars(source) for key, source in load_registry(config["sources"]["registry"]).items()}
 SEEDS = config["grid"]["seeds"]
 
 
@@ -108,6 +110,12 @@ def download_args(w):
     return " ".join(map(shlex_quote, args))
 
 
+def extract_args(w):
+    """`--max-bytes` for an archive the registry says expands more than the extractor's default bound."""
+    limit = artifact(w.artifact).get("max_extracted_bytes")
+    return f"--max-bytes {shlex_quote(limit)}" if limit else ""
+
+
 def shlex_quote(s):
     import shlex
 
@@ -154,6 +162,11 @@ def teacher_spec(name):
     if name not in config["teachers"]:
         raise ValueError(f"teacher {name!r} is not defined under config key 'teachers'")
     return config["teachers"][name]
+
+
+def teacher_model_config_sha256(name):
+    path = teacher_spec(name).get("model_config")
+    return sha256_file(path) if path else ""
 
 
 def teacher_inputs(w):

@@ -15,8 +15,8 @@ rule download:
     conda:
         "../../envs/kdmcse.yaml"
     shell:
-        "python -m kdmcse download --source {wildcards.artifact} --registry {params.registry} "
-        "--dest {output} --lock resources/sources.lock.json {params.extra} 2> {log}"
+        "python -m kdmcse download --source {wildcards.artifact:q} --registry {params.registry:q} "
+        "--dest {output:q} --lock resources/sources.lock.json {params.extra} 2> {log:q}"
 
 
 rule extract:
@@ -28,10 +28,12 @@ rule extract:
         "logs/extract/{artifact}.log",
     benchmark:
         "results/benchmarks/extract/{artifact}.tsv"
+    params:
+        limit=extract_args,
     conda:
         "../../envs/kdmcse.yaml"
     shell:
-        "python -m kdmcse extract --archive {input} --dest {output} 2> {log}"
+        "python -m kdmcse extract --archive {input:q} --dest {output:q} {params.limit} 2> {log:q}"
 
 
 rule prepare_wiki:
@@ -44,13 +46,13 @@ rule prepare_wiki:
     benchmark:
         "results/benchmarks/prepare/wiki.tsv"
     params:
-        max_lines=lambda w: (
-            f"--max-lines {config['wiki']['max_lines']}" if config["wiki"]["max_lines"] else ""
+        args=lambda w: (
+            f"--max-lines {shlex_quote(config['wiki']['max_lines'])}" if config["wiki"]["max_lines"] else ""
         ),
     conda:
         "../../envs/kdmcse.yaml"
     shell:
-        "python -m kdmcse prepare wiki --input {input} --out {output} {params.max_lines} 2> {log}"
+        "python -m kdmcse prepare wiki --input {input:q} --out {output:q} {params.args} 2> {log:q}"
 
 
 rule prepare_captions:
@@ -68,4 +70,4 @@ rule prepare_captions:
     conda:
         "../../envs/kdmcse.yaml"
     shell:
-        "python -m kdmcse prepare captions {params.args} --out {output} 2> {log}"
+        "python -m kdmcse prepare captions {params.args} --out {output:q} 2> {log:q}"

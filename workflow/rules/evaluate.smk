@@ -22,8 +22,9 @@ rule evaluate_sts:
     conda:
         "../../envs/kdmcse.yaml"
     shell:
-        "python -m kdmcse evaluate --model {input.model} --pooling {params.pooling} --tasks sts "
-        "--data {input.senteval} --batch-size {params.batch_size} --out {output} --cell {params.cell} 2> {log}"
+        "python -m kdmcse evaluate --model {input.model:q} --pooling {params.pooling:q} --tasks sts "
+        "--data {input.senteval:q} --batch-size {params.batch_size:q} --out {output:q} --cell {params.cell} "
+        "2> {log:q}"
 
 
 rule evaluate_transfer:
@@ -47,5 +48,6 @@ rule evaluate_transfer:
     conda:
         "../../envs/kdmcse.yaml"
     shell:
-        "python -m kdmcse evaluate --model {input.model} --pooling {params.pooling} --tasks transfer "
-        "--data {input.senteval} --batch-size {params.batch_size} --out {output} --cell {params.cell} 2> {log}"
+        "python -m kdmcse evaluate --model {input.model:q} --pooling {params.pooling:q} --tasks transfer "
+        "--data {input.senteval:q} --batch-size {params.batch_size:q} --out {output:q} --cell {params.cell} "
+        "2> {log:q}"

@@ -55,6 +55,6 @@ rule report:
     conda:
         "../../envs/kdmcse.yaml"
     shell:
-        "python -m kdmcse report --main {input.main} --margin-ablation {input.margin} "
-        "--threshold-ablation {input.threshold} --transfer {input.transfer} --paper {params.paper} "
-        "--tables results/tables --plots results/plots {params.note} 2> {log}"
+        "python -m kdmcse report --main {input.main:q} --margin-ablation {input.margin:q} "
+        "--threshold-ablation {input.threshold:q} --transfer {input.transfer:q} --paper {params.paper:q} "
+        "--tables results/tables --plots results/plots {params.note} 2> {log:q}"

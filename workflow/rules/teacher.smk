@@ -14,6 +14,8 @@ rule teacher:
     params:
         args=teacher_args,
         out_dir=lambda w: f"results/teacher/{w.pairs}/{w.teacher}",
+        # a custom architecture's config file is an input by content: editing it rebuilds the cache
+        model_config_sha256=lambda w: teacher_model_config_sha256(w.teacher),
         code=code_version("teacher"),
     threads: 4
     resources:
@@ -21,5 +23,5 @@ rule teacher:
     conda:
         "../../envs/kdmcse.yaml"
     shell:
-        "python -m kdmcse teacher --captions {input.captions} --out-dir {params.out_dir} "
-        "--workers {threads} --threads {threads} {params.args} 2> {log}"
+        "python -m kdmcse teacher --captions {input.captions:q} --out-dir {params.out_dir:q} "
+        "--workers {threads} --threads {threads} {params.args} 2> {log:q}"

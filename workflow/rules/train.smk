@@ -24,5 +24,5 @@ rule train:
     conda:
         "../../envs/kdmcse.yaml"
     shell:
-        "{params.launcher} -m kdmcse train --run-config {params.run_config:q} --text {input.text} {params.pair_args} "
-        "--senteval {input.senteval} --seed {wildcards.seed} --out {params.out_dir} 2> {log}"
+        "{params.launcher} -m kdmcse train --run-config {params.run_config:q} --text {input.text:q} {params.pair_args} "
+        "--senteval {input.senteval:q} --seed {wildcards.seed:q} --out {params.out_dir:q} 2> {log:q}"
