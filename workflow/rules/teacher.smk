@@ -15,11 +15,12 @@ rule teacher:
         args=teacher_args,
         out_dir=lambda w: f"results/teacher/{w.pairs}/{w.teacher}",
         code=code_version("teacher"),
-    threads: 4
+    # JPEG decoding feeds the GPU: the stage runs one decode worker per thread but one (capped by --cores)
+    threads: 16
     resources:
         gpu=1,
     conda:
         "../../envs/kdmcse.yaml"
     shell:
         "python -m kdmcse teacher --captions {input.captions} --out-dir {params.out_dir} "
-        "--workers {threads} --threads {threads} {params.args} 2> {log}"
+        "--threads {threads} {params.args} 2> {log}"
