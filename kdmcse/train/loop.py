@@ -354,6 +354,7 @@ def run_steps(run: Run, stop: StopSignals, *, show_progress: bool) -> int:
     bar.close()
     return paired_done
 
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m kdmcse train", description=__doc__.split("\n\n")[0])
     p.add_argument("--run-config", required=True, help="run config as JSON, or @file.json")
