@@ -277,13 +277,20 @@ def test_killed_run_resumes_to_identical_result(senteval, tiny_bert_dir, data, t
     assert_same_optimizer_state(kept[0], kept[1])
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_bert_dir, data, tmp_path_factory) -> tuple[dict, Path]:
+    """A 7-step run without periodic checkpoints, and its output folder."""
+    cfg = run_config(tiny_bert_dir, max_steps=7, eval_steps=3)
+    ref = tmp_path_factory.mktemp("uninterrupted") / "run"
+    train_mod.main(cli(cfg, data, ref))
+    return cfg, ref
+
+
 @pytest.mark.parametrize("signame", ["SIGUSR1", "SIGTERM"])
-def test_stop_signal_checkpoints_exits_and_resumes(signame, tiny_bert_dir, data, tmp_path, monkeypatch, caplog):
+def test_stop_signal_checkpoints_exits_and_resumes(signame, uninterrupted, data, tmp_path, monkeypatch, caplog):
     """SLURM warns a job with a signal before its time limit: checkpoint at the step boundary, exit non-zero."""
     signum = getattr(signal, signame)
-    cfg = run_config(tiny_bert_dir, max_steps=7, eval_steps=3)  # no periodic checkpoints
-    ref = tmp_path / "ref"
-    train_mod.main(cli(cfg, data, ref))
+    cfg, ref = uninterrupted
     before = signal.getsignal(signum)
 
     def signal_at(done: int) -> None:
