@@ -170,8 +170,10 @@ def load_teacher(
         # a random init is seeded, so that two runs of a test config give the same cache (and students)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
+            # float32 weights whatever the checkpoint stores; the compute precision is autocast (`precision`)
             clip, _, preprocess = open_clip.create_model_and_transforms(
-                model, pretrained=weights, device=dev, force_quick_gelu=quick_gelu, **preprocess_overrides
+                model, pretrained=weights, precision="fp32", device=dev, force_quick_gelu=quick_gelu,
+                **preprocess_overrides
             )
     except RuntimeError as exc:
         hint = (" This machine may be offline: download the checkpoint elsewhere and pass its path as --pretrained."
