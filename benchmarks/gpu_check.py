@@ -71,12 +71,13 @@ WORDS = ("the a of and to in is was for on that with as by it at from man woman 
 
 FULL = SimpleNamespace(
     name="full", steps=20, warmup=5, backbones={"bert": ("bert-base", 64), "roberta": ("roberta-base", 128)},
-    teacher="ViT-L-14", teacher_config=None, images=1024, loop_images=128, captions_per_image=5,
+    teacher="ViT-L-14", teacher_config=None, images=8192, jpeg_files=256, loop_images=128, captions_per_image=5,
     teacher_batch=256, sts_scale=1.0,
 )
 QUICK = SimpleNamespace(
     name="quick", steps=2, warmup=1, backbones={"bert": ("tiny-bert", 8), "roberta": ("tiny-roberta", 8)},
-    teacher="gpu-check-tiny-clip", images=12, loop_images=3, captions_per_image=2, teacher_batch=4, sts_scale=0.01,
+    teacher="gpu-check-tiny-clip", images=12, jpeg_files=6, loop_images=3, captions_per_image=2, teacher_batch=4,
+    sts_scale=0.01,
     teacher_config={"embed_dim": 24,
                     "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
                     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}},
@@ -202,11 +203,34 @@ def bench_training(size: SimpleNamespace, device: torch.device) -> list[dict]:
 
 
 # ---------------------------------------------------------------- teacher
+def caption_table(folder: Path, size: SimpleNamespace) -> Path:
+    """`size.images` image ids over `size.jpeg_files` photo-sized JPEGs (each id is decoded on its own, like a
+    distinct file), `size.captions_per_image` captions each: enough images that the decode workers' start-up
+    does not dominate, without writing thousands of files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bench_teacher import make_data
+
+    files = pq.read_table(make_data(folder, size.jpeg_files, size.captions_per_image)).to_pydict()
+    per_file = size.captions_per_image
+    rows: dict[str, list] = {"image_id": [], "image_path": [], "caption_id": [], "caption": []}
+    for i in range(size.images):
+        src = (i % size.jpeg_files) * per_file
+        for j in range(per_file):
+            rows["image_id"].append(f"img{i:06d}")
+            rows["image_path"].append(files["image_path"][src + j])
+            rows["caption_id"].append(i * per_file + j)
+            rows["caption"].append(files["caption"][src + j])
+    out = folder / "captions_many.parquet"
+    pq.write_table(pa.table({**rows, "caption_id": pa.array(rows["caption_id"], type=pa.int64())}), out)
+    return out
+
+
 def bench_teacher(size: SimpleNamespace, device: torch.device, work: Path) -> dict:
     """images/s and captions/s of the stage and of the released one-image-per-forward loop."""
     from PIL import Image
 
-    from bench_teacher import make_data
     from kdmcse.teacher import run as T
 
     work.mkdir(parents=True, exist_ok=True)
@@ -214,7 +238,7 @@ def bench_teacher(size: SimpleNamespace, device: torch.device, work: Path) -> di
     if size.teacher_config is not None:
         model_config = work / f"{size.teacher}.json"
         model_config.write_text(json.dumps(size.teacher_config))
-    table_path = make_data(work / "images", size.images, size.captions_per_image)
+    table_path = caption_table(work / "images", size)
     dev = "cuda" if device.type == "cuda" else "cpu"
     meta = T.run_teacher(table_path, work / "cache", model=size.teacher, pretrained="none", model_config=model_config,
                          device=dev, batch_size=size.teacher_batch, workers=-1, precision="auto",
@@ -359,7 +383,8 @@ def render(size, device, train_rows, teacher, evaluation, projection, seconds) -
                      f"{r['tokens_s']:,.0f} | {peak} |")
     s, lp = teacher["stage"], teacher["loop"]
     lines += ["", f"| teacher ({size.teacher}, {teacher['precision']}) | images/s | captions/s |", "|---|---|---|",
-              f"| stage: {teacher['n_images']} JPEGs, batch {size.teacher_batch}, decode workers | "
+              f"| stage: {teacher['n_images']} images ({size.jpeg_files} JPEGs 500x375), batch {size.teacher_batch}, "
+              f"decode workers | "
               f"{s['images_s']:,.1f} | {s['captions_s']:,.1f} |",
               f"| released loop: one image per forward ({size.loop_images} images) | {lp['images_s']:,.1f} | "
               f"{lp['captions_s']:,.1f} |",
