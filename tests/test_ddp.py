@@ -96,7 +96,9 @@ def spawned(tiny_bert_dir, data, tmp_path_factory):
     tdata = train_mod.build_data(inputs, load_tokenizer(tiny_bert_dir), 16)
     tdata.image_emb, tdata.caption_emb = np.asarray(tdata.image_emb), np.asarray(tdata.caption_emb)
     out = work / "run"
-    train_argv = cli(run_config(tiny_bert_dir, max_steps=4, eval_steps=2, checkpoint_steps=2), data, out)
+    # a checkpoint is due after every step; under torchrun the processes agree on it every log_every = 2 steps
+    train_argv = cli(run_config(tiny_bert_dir, max_steps=4, eval_steps=2, checkpoint_minutes=1e-9, log_every=2),
+                     data, out)
     job = {"model_dir": tiny_bert_dir, "teacher_dim": DIM, "data": tdata, "settings": settings,
            "train_argv": train_argv}
     Path(work, "job.pkl").write_bytes(pickle.dumps(job))

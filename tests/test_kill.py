@@ -60,7 +60,7 @@ def workdir(tmp_path: Path) -> Path:
     config = {
         "sources": {"mirror": str(mirror)},
         "backbones": {"tiny": {"model": str(student), "lr": 1.0e-3, "batch_size": 8}},
-        "train": {"max_steps": 30, "eval_steps": 30, "checkpoint_steps": 4, "proj_dim": 16},
+        "train": {"max_steps": 30, "eval_steps": 30, "checkpoint_minutes": 0.001, "log_every": 2, "proj_dim": 16},
         "grid": {"seeds": [0], "main": {"datasets": ["wiki"], "backbones": ["tiny"], "objectives": ["simcse"],
                                          "margin": 0.0, "threshold": "off"}},
         "evaluate": {"transfer": "none", "batch_size": 16},

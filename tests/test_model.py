@@ -224,3 +224,20 @@ def test_roberta_backbone(tmp_path):
         ours = m.embed(b["input_ids"], b["attention_mask"])
     got = SentenceTransformer(str(out), device="cpu").encode(SENTENCES, convert_to_tensor=True)
     torch.testing.assert_close(got.cpu(), ours, rtol=1e-5, atol=1e-5)
+
+
+def test_half_precision_checkpoint_loads_and_trains_in_float32(tiny_bert_dir, tmp_path):
+    """transformers 5 loads a model in its stored dtype by default: a half-precision save must not stay half."""
+    from transformers import AutoModel
+
+    from kdmcse.evaluate.encoder import load_encoder
+
+    half = tmp_path / "half"
+    AutoModel.from_pretrained(tiny_bert_dir).to(torch.float16).save_pretrained(half)
+    load_tokenizer(tiny_bert_dir).save_pretrained(half)
+    student = StudentModel.from_pretrained(half, proj_dim=8, teacher_dim=12)
+    assert {p.dtype for p in student.parameters()} == {torch.float32}
+    assert {p.dtype for p in load_encoder(half, device="cpu").model.parameters()} == {torch.float32}
+    out = tmp_path / "run" / "model"
+    save_student(student, load_tokenizer(half), out)
+    assert {p.dtype for p in load_student(out).parameters()} == {torch.float32}

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from kdmcse.train import loop as train_mod
-from test_train import cli, run_config, write_fixture_data
+from test_train import StepClock, cli, run_config, write_fixture_data
 
 VOLATILE = {"run_host.json"}
 
@@ -53,8 +53,10 @@ def test_two_training_runs_give_identical_files(tiny_bert_dir, data, tmp_path):
 
 
 def test_a_resumed_run_writes_the_same_files_as_an_uninterrupted_one(tiny_bert_dir, data, tmp_path, monkeypatch):
-    cfg = run_config(tiny_bert_dir, max_steps=6, checkpoint_steps=2)
+    # one checkpoint every 2 steps (StepClock: a minute per step), so the kill after step 3 resumes from step 2
+    cfg = run_config(tiny_bert_dir, max_steps=6, checkpoint_minutes=2)
     ref, out = tmp_path / "ref", tmp_path / "resumed"
+    StepClock(monkeypatch)
     train_mod.main(cli(cfg, data, ref))
 
     class Killed(Exception):
@@ -112,12 +114,13 @@ def test_student_folders_follow_the_umask(tiny_bert_dir, data, tmp_path, umask_0
             raise Killed
 
     out = tmp_path / "run"
+    StepClock(monkeypatch)  # a checkpoint every step (the policy's gap permitting), so one exists at the kill
     monkeypatch.setattr(train_mod, "STEP_END_HOOK", kill_at)
     with pytest.raises(Killed):
-        train_mod.main(cli(run_config(tiny_bert_dir), data, out))
+        train_mod.main(cli(run_config(tiny_bert_dir, checkpoint_minutes=1), data, out))
     assert _mode(out / "checkpoint") == 0o755
     monkeypatch.setattr(train_mod, "STEP_END_HOOK", None)
-    train_mod.main(cli(run_config(tiny_bert_dir), data, out))
+    train_mod.main(cli(run_config(tiny_bert_dir, checkpoint_minutes=1), data, out))
     assert _mode(out / "model") == 0o755
     assert _mode(out / "heads.pt") == 0o644 and _mode(out / "run_meta.json") == 0o644
 

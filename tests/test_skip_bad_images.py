@@ -46,7 +46,7 @@ def test_training_leaves_out_the_skipped_captions(skipped_cache, tiny_bert_dir, 
     cache = open_teacher_cache(skipped_cache["teacher"])
     assert cache.meta["n_skipped_captions"] == 3 and len(cache.caption_ids) == 15
     cfg = run_config(tiny_bert_dir, objective=objective, teacher={"model": TINY_MODEL, "pretrained": "none"},
-                     max_steps=4, checkpoint_steps=None)
+                     max_steps=4, checkpoint_minutes=None)
     cfg["teacher"]["model_config_sha256"] = sha256_file(skipped_cache["config"])
     caplog.set_level(logging.INFO)
     out = tmp_path / "run"

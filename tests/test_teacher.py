@@ -333,3 +333,27 @@ def test_random_init_is_seeded_and_leaves_the_global_rng_alone(tiny_config):
     torch.manual_seed(12345)  # a different global state must not change the weights
     b = T.load_teacher(TINY_MODEL, "none", model_config=tiny_config, device="cpu").model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gpu_defaults_fp16_and_decode_workers_from_the_threads(monkeypatch):
+    """Resolved without a GPU: `auto` is fp16 on CUDA (the released extraction's half precision), fp32 on CPU."""
+    assert M.resolve_precision("auto", torch.device("cuda", 0)) == "fp16"
+    assert M.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert M.resolve_precision("bf16", torch.device("cuda")) == "bf16"
+    monkeypatch.setattr(T, "available_cpus", lambda: 16)
+    # one worker per thread of the job but the one feeding the GPU; never more than the cores it has
+    assert T.decode_workers(8, "cuda") == 7 and T.decode_workers(0, "cuda") == 15 and T.decode_workers(64, "cuda") == 15
+    assert T.decode_workers(4, "cpu") == 4 and T.decode_workers(1, "cuda") == 1
+    args = T.build_parser().parse_args(["--captions", "c", "--out-dir", "o"])
+    assert (args.workers, args.precision, args.threads) == (-1, "auto", 0)
+
+
+def test_default_workers_follow_the_threads_on_cpu(dataset, tiny_config, tmp_path, caplog):
+    captions, _ = dataset
+    caplog.set_level(logging.INFO, logger="kdmcse.teacher.run")
+    run(captions, tmp_path / "a", tiny_config, workers=-1, threads=1, batch_size=4)
+    assert "(fp32, batch 4, 1 workers, 1 torch threads)" in caplog.text
+    run(captions, tmp_path / "b", tiny_config, workers=0, batch_size=4)
+    a = open_teacher_cache(tmp_path / "a", expect={})
+    b = open_teacher_cache(tmp_path / "b", expect={})
+    np.testing.assert_array_equal(a.image_emb, b.image_emb)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 import shutil
+import signal
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -66,7 +69,7 @@ def run_config(model: Path, **over) -> dict:
         "lambda": 0.5, "temperature": 0.05, "temperature_vl": 0.05, "margin1": 0.15, "margin2": 0.15,
         "threshold": None, "threshold_space": "cosine", "inter_reduction": "sum", "proj_dim": 6,
         "max_seq_length": 16, "eval_steps": 2, "pooling": "cls_before_pooler", "precision": "fp32",
-        "teacher": dict(TEACHER), "checkpoint_steps": 2,
+        "teacher": dict(TEACHER), "checkpoint_minutes": None, "log_every": 3,
     }
     cfg.update(over)
     return cfg
@@ -92,6 +95,66 @@ def weights(out: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(out / "model" / "model.safetensors")
+
+
+class StepClock:
+    """The checkpoint policy's clock in a test: one minute per training step this run has taken.
+
+    With `checkpoint_minutes: k` a run then checkpoints after every k-th step it takes (the policy's step gap
+    permitting), on whatever machine the test runs.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.steps = 0
+        real = train_mod.train_step
+
+        def counting(*args, **kwargs):
+            self.steps += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(train_mod, "train_step", counting)
+        monkeypatch.setattr(train_mod, "CLOCK", lambda: 60.0 * self.steps)
+
+
+def keep_final_state(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """Record each run's optimiser state and gradients as training ends (a finished run deletes its checkpoint)."""
+    kept: list[dict] = []
+    real = train_mod.finish
+
+    def finish(run, **kwargs):
+        kept.append({"optimizer": copy.deepcopy(run.optimizer.state_dict()),
+                     "grads": [None if p.grad is None else p.grad.clone() for p in run.params],
+                     "scheduler": run.scheduler.state_dict()})
+        return real(run, **kwargs)
+
+    monkeypatch.setattr(train_mod, "finish", finish)
+    return kept
+
+
+def assert_same_optimizer_state(a: dict, b: dict) -> None:
+    assert a["scheduler"] == b["scheduler"]
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys() and sa
+    for i in sa:
+        assert sa[i].keys() == sb[i].keys()
+        for k in sa[i]:
+            assert torch.equal(sa[i][k], sb[i][k]), f"optimiser state {i}.{k} differs after resume"
+    assert [g is None for g in a["grads"]] == [g is None for g in b["grads"]]
+
+
+def assert_same_outputs(ref: Path, out: Path) -> None:
+    """Bit-identical weights and heads, the same dev history and selection."""
+    a, b = json.loads((ref / "run_meta.json").read_text()), json.loads((out / "run_meta.json").read_text())
+    assert a["dev_history"] == b["dev_history"] and a["best_step"] == b["best_step"]
+    wa, wb = weights(ref), weights(out)
+    assert wa.keys() == wb.keys()
+    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not different, f"resumed weights differ from the uninterrupted run's: {different}"
+    ha, hb = torch.load(ref / "heads.pt", weights_only=True), torch.load(out / "heads.pt", weights_only=True)
+    for name in ("mlp", "grounding", "image_proj", "text_proj"):
+        for k in ha[name]:
+            assert torch.equal(ha[name][k], hb[name][k]), f"head {name}.{k} differs after resume"
 
 
 # ---------------------------------------------------------------- the step itself
@@ -166,7 +229,7 @@ def test_train_writes_best_student_and_metadata(tiny_bert_dir, data, tmp_path):
 
 def test_simcse_without_senteval_saves_final_model(tiny_bert_dir, data, tmp_path):
     out = tmp_path / "run"
-    cfg = run_config(tiny_bert_dir, objective="simcse", max_steps=3, checkpoint_steps=None)
+    cfg = run_config(tiny_bert_dir, objective="simcse", max_steps=3)
     assert train_mod.main(cli(cfg, data, out, pairs=False, senteval=False)) == 0
     meta = json.loads((out / "run_meta.json").read_text())
     assert meta["paired_steps"] == 0 and meta["best_step"] is None and meta["dev_history"] == []
@@ -177,10 +240,15 @@ def test_simcse_without_senteval_saves_final_model(tiny_bert_dir, data, tmp_path
 
 @pytest.mark.parametrize("senteval", [False, True], ids=["final-model", "best-on-dev"])
 def test_killed_run_resumes_to_identical_result(senteval, tiny_bert_dir, data, tmp_path, monkeypatch):
-    # dropout is on, so the RNG states must be restored; without --senteval the saved model is the last step's
-    cfg = run_config(tiny_bert_dir, max_steps=7, eval_steps=3)
+    # dropout is on, so the RNG states must be restored; without --senteval the saved model is the last step's.
+    # Paired steps are 0, 2, 4, 6: the checkpoint after 3 steps resumes on a text-only step, where the heads get
+    # a zero gradient, which AdamW must see as zero (moving them by momentum), not as missing.
+    cfg = run_config(tiny_bert_dir, max_steps=7, eval_steps=3, checkpoint_minutes=3, log_every=2)
+    kept = keep_final_state(monkeypatch)
     ref = tmp_path / "ref"
-    train_mod.main(cli(cfg, data, ref, senteval=senteval))
+    with monkeypatch.context() as m:
+        StepClock(m)
+        train_mod.main(cli(cfg, data, ref, senteval=senteval))
 
     class Killed(Exception):
         pass
@@ -190,30 +258,80 @@ def test_killed_run_resumes_to_identical_result(senteval, tiny_bert_dir, data, t
             raise Killed
 
     out = tmp_path / "resumed"
-    monkeypatch.setattr(train_mod, "STEP_END_HOOK", kill_at)
-    with pytest.raises(Killed):
-        train_mod.main(cli(cfg, data, out, senteval=senteval))
-    assert json.loads((out / "checkpoint" / "meta.json").read_text())["step"] == 4
+    with monkeypatch.context() as m:
+        StepClock(m)
+        m.setattr(train_mod, "STEP_END_HOOK", kill_at)
+        with pytest.raises(Killed):
+            train_mod.main(cli(cfg, data, out, senteval=senteval))
+    assert json.loads((out / "checkpoint" / "meta.json").read_text())["step"] == 3
     assert not (out / "run_meta.json").exists()
 
-    # a different run config must not pick this checkpoint up
+    # a different run config must not pick this checkpoint up; the checkpoint and log intervals may change
     with pytest.raises(KdmcseError, match="different run config"):
         train_mod.main(cli(dict(cfg, lr=2e-3), data, out, senteval=senteval))
 
-    monkeypatch.setattr(train_mod, "STEP_END_HOOK", None)
-    train_mod.main(cli(cfg, data, out, senteval=senteval))
-    a, b = json.loads((ref / "run_meta.json").read_text()), json.loads((out / "run_meta.json").read_text())
+    train_mod.main(cli(dict(cfg, checkpoint_minutes=None, log_every=5), data, out, senteval=senteval))
+    assert json.loads((out / "run_host.json").read_text())["resumed_from_step"] == 3
+    assert len(json.loads((out / "run_meta.json").read_text())["dev_history"]) == (3 if senteval else 0)
+    assert_same_outputs(ref, out)
+    assert_same_optimizer_state(kept[0], kept[1])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_bert_dir, data, tmp_path_factory) -> tuple[dict, Path]:
+    """A 7-step run without periodic checkpoints, and its output folder."""
+    cfg = run_config(tiny_bert_dir, max_steps=7, eval_steps=3)
+    ref = tmp_path_factory.mktemp("uninterrupted") / "run"
+    train_mod.main(cli(cfg, data, ref))
+    return cfg, ref
+
+
+@pytest.mark.parametrize("signame", ["SIGUSR1", "SIGTERM"])
+def test_stop_signal_checkpoints_exits_and_resumes(signame, uninterrupted, data, tmp_path, monkeypatch, caplog):
+    """SLURM warns a job with a signal before its time limit: checkpoint at the step boundary, exit non-zero."""
+    signum = getattr(signal, signame)
+    cfg, ref = uninterrupted
+    before = signal.getsignal(signum)
+
+    def signal_at(done: int) -> None:
+        if done == 3:
+            os.kill(os.getpid(), signum)  # delivered at once; the handler only sets a flag
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(train_mod, "STEP_END_HOOK", signal_at)
+        caplog.set_level("INFO", logger="kdmcse.train.loop")
+        assert train_mod.main(cli(cfg, data, out)) == 128 + signum
+    # the checkpoint comes at the boundary after the step the signal arrived in, then the job stops
+    assert json.loads((out / "checkpoint" / "meta.json").read_text())["step"] == 4
+    assert not (out / "run_meta.json").exists()
+    assert f"received {signame}: checkpoint saved at step 4" in caplog.text
+    assert signal.getsignal(signum) == before  # the previous handler is back
+    assert train_mod.main(cli(cfg, data, out)) == 0
     assert json.loads((out / "run_host.json").read_text())["resumed_from_step"] == 4
-    assert a["dev_history"] == b["dev_history"] and a["best_step"] == b["best_step"]
-    assert len(a["dev_history"]) == (3 if senteval else 0)
-    wa, wb = weights(ref), weights(out)
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-6)
-    ha, hb = torch.load(ref / "heads.pt", weights_only=True), torch.load(out / "heads.pt", weights_only=True)
-    for name in ("mlp", "grounding", "image_proj", "text_proj"):
-        for k in ha[name]:
-            torch.testing.assert_close(ha[name][k], hb[name][k], rtol=0, atol=1e-6)
+    assert_same_outputs(ref, out)
+
+
+def test_checkpoints_follow_the_clock_and_keep_unchanged_best_weights(tiny_bert_dir, data, tmp_path, monkeypatch):
+    from kdmcse.train import checkpoint as ckpt
+
+    writes: list[tuple[int, int | None, int | None]] = []  # (step, best step, inode of best.pt)
+    real = ckpt.save_checkpoint
+
+    def spy(ckpt_dir, state, fingerprint, *, best_step=None, best_weights=None):
+        real(ckpt_dir, state, fingerprint, best_step=best_step, best_weights=best_weights)
+        best = Path(ckpt_dir) / ckpt.BEST_FILE
+        writes.append((state["step"], best_step, best.stat().st_ino if best.exists() else None))
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", spy)
+    StepClock(monkeypatch)
+    # 2 minutes per checkpoint but a run of 12 steps may write at most 4: one every ceil(12 / 5) = 3 steps
+    cfg = run_config(tiny_bert_dir, max_steps=12, eval_steps=6, checkpoint_minutes=2)
+    train_mod.main(cli(cfg, data, tmp_path / "run"))
+    assert [w[0] for w in writes] == [3, 6, 9]
+    # the best model is first known after the evaluation at step 6; the checkpoint at 9 reuses its file
+    assert [w[1] for w in writes] == [None, 6, 6]
+    assert writes[0][2] is None and writes[2][2] == writes[1][2]  # the same file: linked, not written again
 
 
 def test_non_finite_loss_stops_with_step_and_parts(tiny_bert_dir, data, tmp_path, monkeypatch):
@@ -228,9 +346,12 @@ def test_non_finite_loss_stops_with_step_and_parts(tiny_bert_dir, data, tmp_path
         return parts
 
     monkeypatch.setattr(train_mod, "step_losses", poisoned)
+    StepClock(monkeypatch)
     out = tmp_path / "run"
+    # values are read every 50 steps, but the checkpoint due after step 4 reads them first and is not written
+    cfg = run_config(tiny_bert_dir, checkpoint_minutes=2, log_every=50, eval_steps=100)
     with pytest.raises(KdmcseError, match=r"non-finite loss at step 3 .*intra=.*total=nan"):
-        train_mod.main(cli(run_config(tiny_bert_dir, checkpoint_steps=2), data, out, senteval=False))
+        train_mod.main(cli(cfg, data, out, senteval=False))
     assert json.loads((out / "checkpoint" / "meta.json").read_text())["step"] == 2
     assert not (out / "model").exists()
 
@@ -317,7 +438,7 @@ def test_cache_of_another_teacher_model_config_is_refused(tiny_bert_dir, tmp_pat
         "backbones": {"tiny": {"model": str(tiny_bert_dir), "lr": 1e-3, "batch_size": 4}},
         "train": {"epochs": 1, "max_steps": 6, "lambda": 0.5, "temperature": 0.05, "temperature_vl": 0.05,
                   "margin1": "tied", "threshold_space": "cosine", "inter_reduction": "sum", "proj_dim": 6,
-                  "max_seq_length": 16, "eval_steps": 2, "checkpoint_steps": 2, "pooling": "cls_before_pooler",
+                  "max_seq_length": 16, "eval_steps": 2, "checkpoint_minutes": None, "log_every": 50, "pooling": "cls_before_pooler",
                   "precision": "fp32"},
     }
     rc = grid_run_config(cfg, Cell("wiki+x", "tiny", "kdmcse", 0.15, None))

@@ -13,6 +13,7 @@ import torch
 
 from kdmcse.embedding import POOLINGS, SentenceEncoder, resolve_device
 from kdmcse.errors import KdmcseError
+from kdmcse.train.model import float32_load_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def load_encoder(
     dev = resolve_device(device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(where))
-        model = AutoModel.from_pretrained(str(where))
+        model = AutoModel.from_pretrained(str(where), **float32_load_kwargs())
     except OSError as exc:
         raise KdmcseError(f"cannot load model {model_dir_or_id!r}: {exc}") from exc
     mlp = None

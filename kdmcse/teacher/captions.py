@@ -61,18 +61,22 @@ def encode_captions_batched(teacher: Teacher, tokens: torch.Tensor, batch_size: 
     lengths = token_lengths(tokens)
     order = torch.argsort(lengths, stable=True)
     parts = []
+    cuda = teacher.device.type == "cuda"
     with torch.inference_mode(), teacher.autocast():
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             batch = tokens[idx]
             if trim:
                 batch = batch[:, : int(lengths[idx].max())]
-                emb = encode_text_trimmed(teacher.model, batch.to(teacher.device))
+            # pinned + non_blocking on a GPU; the embeddings stay there until the whole chunk is encoded
+            batch = batch.pin_memory().to(teacher.device, non_blocking=True) if cuda else batch
+            if trim:
+                emb = encode_text_trimmed(teacher.model, batch)
             else:
-                emb = teacher.model.encode_text(batch.to(teacher.device), normalize=False)
-            parts.append(emb.float().cpu().numpy())
+                emb = teacher.model.encode_text(batch, normalize=False)
+            parts.append(emb.float())
     out = np.empty((len(tokens), parts[0].shape[1]), dtype=np.float32)
-    out[order.numpy()] = np.concatenate(parts)
+    out[order.numpy()] = torch.cat(parts).cpu().numpy()
     return out
 
 

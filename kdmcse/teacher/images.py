@@ -1,5 +1,9 @@
 """Image side of the teacher: decode + CLIP eval transform in DataLoader workers, one embedding per unique image,
 in resumable chunks. An unreadable image gets a zero embedding and an error string; the stage decides what to do.
+
+On a GPU the workers hand over pinned batches (the copy to the device is asynchronous) and the embeddings of a
+chunk stay on the device until the chunk is complete: the host never waits for a batch to finish, so the GPU
+queue stays full while the next batch is collated.
 """
 
 from __future__ import annotations
@@ -82,12 +86,12 @@ def encode_images(
                 with teacher.autocast():
                     emb = teacher.model.encode_image(pixels.to(teacher.device, non_blocking=True), normalize=False)
                 c = int(idx[0]) // chunk_size
-                buf.setdefault(c, []).append((idx.numpy(), emb.float().cpu().numpy(), list(errors)))
+                buf.setdefault(c, []).append((idx.numpy(), emb.float(), list(errors)))
                 bar.update(len(idx))
                 if sum(len(b[0]) for b in buf[c]) == len(keys[c]):
                     parts = buf.pop(c)
                     errs = np.array([e for p in parts for e in p[2]], dtype=str)
-                    emb_c = np.concatenate([p[1] for p in parts])
+                    emb_c = torch.cat([p[1] for p in parts]).cpu().numpy()  # one device->host copy per chunk
                     emb_c[errs != ""] = 0.0  # a bad image's zero tensor still has an embedding; don't keep it
                     work.save_chunk(work_dir, "images", c, keys=keys[c], emb=emb_c, errors=errs)
                     done[c] = {"emb": emb_c, "errors": errs}

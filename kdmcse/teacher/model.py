@@ -22,6 +22,7 @@ from kdmcse.io import sha256_file
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISION_CHOICES = ("auto", *PRECISIONS)  # auto: fp16 on CUDA, fp32 elsewhere
 RANDOM_INIT_SEED = 0  # torch seed of `--pretrained none` weights
 
 
@@ -46,6 +47,14 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise KdmcseError(f"--device {device} was asked for but CUDA is not available; use --device cpu or auto")
     return torch.device(device)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` -> fp16 autocast on CUDA, as the released feature extraction ran CLIP (OpenAI's `clip.load` keeps
+    the weights in half precision on a GPU), and fp32 on CPU, where half-precision kernels are slow."""
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    return precision
 
 
 def _package_version(name: str) -> str:
@@ -98,15 +107,19 @@ def load_teacher(
     *,
     model_config: str | os.PathLike[str] | None = None,
     device: str = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> Teacher:
-    """Build the open_clip model, its eval transform and tokenizer; `pretrained` is a tag, a local file or 'none'."""
+    """Build the open_clip model, its eval transform and tokenizer; `pretrained` is a tag, a local file or 'none'.
+
+    The metadata records the precision actually used (`auto` resolved for the device).
+    """
     import open_clip
     from open_clip.pretrained import get_pretrained_cfg
 
     dev = resolve_device(device)
-    if precision not in PRECISIONS:
-        raise KdmcseError(f"--precision {precision!r} is not one of {list(PRECISIONS)}")
+    if precision not in PRECISION_CHOICES:
+        raise KdmcseError(f"--precision {precision!r} is not one of {list(PRECISION_CHOICES)}")
+    precision = resolve_precision(precision, dev)
     if precision != "fp32" and dev.type != "cuda":
         raise KdmcseError(f"--precision {precision} is autocast on a GPU only; use --precision fp32 on {dev.type}")
     meta: dict[str, Any] = {}
@@ -157,8 +170,10 @@ def load_teacher(
         # a random init is seeded, so that two runs of a test config give the same cache (and students)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
+            # float32 weights whatever the checkpoint stores; the compute precision is autocast (`precision`)
             clip, _, preprocess = open_clip.create_model_and_transforms(
-                model, pretrained=weights, device=dev, force_quick_gelu=quick_gelu, **preprocess_overrides
+                model, pretrained=weights, precision="fp32", device=dev, force_quick_gelu=quick_gelu,
+                **preprocess_overrides
             )
     except RuntimeError as exc:
         hint = (" This machine may be offline: download the checkpoint elsewhere and pass its path as --pretrained."

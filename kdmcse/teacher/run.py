@@ -1,12 +1,15 @@
 """Teacher stage: encode every image and caption of a caption table with an open_clip model (method.md §1.2).
 
     python -m kdmcse teacher --captions results/corpora/captions_<name>.parquet --out-dir DIR
-           --model ViT-L-14 --pretrained openai [--model-config JSON] [--batch-size 256] [--workers 4]
-           [--precision fp32|bf16|fp16] [--skip-bad-images] [--device auto] [--chunk-size N] [--work-dir DIR]
+           --model ViT-L-14 --pretrained openai [--model-config JSON] [--batch-size 256] [--workers N]
+           [--precision auto|fp32|bf16|fp16] [--skip-bad-images] [--device auto] [--chunk-size N] [--work-dir DIR]
+           [--threads N]
 
 Embeddings are the projected CLIP features *before* L2 normalisation, like the features the paper trained on.
-Images go through CLIP's deterministic eval transform, decoded by DataLoader worker processes so the model never
-waits; each image is encoded once however many captions it has. Captions are tokenized by open_clip (truncated to
+Images go through CLIP's deterministic eval transform, decoded by DataLoader worker processes (by default one
+per thread the job may use, less one for the process that feeds the GPU) into pinned memory so the model never
+waits; each image is encoded once however many captions it has. On CUDA the default precision is fp16 autocast,
+as the released feature extraction ran CLIP in half precision. Captions are tokenized by open_clip (truncated to
 the context length), sorted by length within a chunk and encoded with the padding beyond the longest caption of the
 batch cut off (exact for causal CLIP text towers, and much faster than 77 tokens).
 
@@ -32,7 +35,7 @@ from kdmcse.errors import KdmcseError
 from kdmcse.teacher.cache import write_teacher_cache
 from kdmcse.teacher.captions import encode_captions
 from kdmcse.teacher.images import encode_images
-from kdmcse.teacher.model import PRECISIONS, load_teacher
+from kdmcse.teacher.model import PRECISION_CHOICES, load_teacher
 from kdmcse.teacher.table import load_caption_table
 from kdmcse.teacher.work import WORK_FORMAT, prepare_work_dir
 
@@ -58,6 +61,17 @@ def cpu_threads(workers: int) -> int:
     return max(1, available_cpus())
 
 
+def decode_workers(threads: int, device_type: str) -> int:
+    """Image decode processes for `--workers -1`: from the threads the job may use (`--threads`, else its cores).
+
+    On a GPU the decoders are the bottleneck (ViT-L/14 in fp16 encodes images faster than one core decodes
+    JPEGs), so they get every thread but the one that feeds the GPU. On CPU the model is the bottleneck and the
+    decoders share the cores with it (see `cpu_threads`).
+    """
+    n = min(threads, available_cpus()) if threads > 0 else available_cpus()
+    return max(1, n - 1) if device_type == "cuda" else max(1, n)
+
+
 def run_teacher(
     captions: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -66,8 +80,8 @@ def run_teacher(
     pretrained: str = "openai",
     model_config: str | os.PathLike[str] | None = None,
     batch_size: int = 256,
-    workers: int = 4,
-    precision: str = "fp32",
+    workers: int = -1,
+    precision: str = "auto",
     skip_bad_images: bool = False,
     device: str = "auto",
     chunk_size: int = 8192,
@@ -76,10 +90,12 @@ def run_teacher(
 ) -> dict[str, Any]:
     """Build the teacher cache in `out_dir`; returns its metadata plus timings (`seconds`).
 
-    `threads` = torch threads on CPU (0 = the cores the decode workers leave free); the caller's setting is restored.
+    `threads` = the threads the job may use (0 = every core it has): torch threads on CPU and, with `workers` -1,
+    the number of decode workers (`decode_workers`); the caller's torch setting is restored.
     """
-    if batch_size < 1 or chunk_size < 1 or workers < 0 or threads < 0:
-        raise KdmcseError("--batch-size and --chunk-size must be ≥ 1, --workers and --threads ≥ 0")
+    if batch_size < 1 or chunk_size < 1 or workers < -1 or threads < 0:
+        raise KdmcseError("--batch-size and --chunk-size must be ≥ 1, --workers ≥ -1 (-1 = from the threads) and "
+                          "--threads ≥ 0")
     previous_threads = torch.get_num_threads()
     try:
         return _run_teacher(captions, out_dir, model=model, pretrained=pretrained, model_config=model_config,
@@ -107,6 +123,9 @@ def _run_teacher(captions, out_dir, *, model, pretrained, model_config, batch_si
         )
 
     teacher = load_teacher(model, pretrained, model_config=model_config, device=device, precision=precision)
+    precision = teacher.meta["precision"]  # `auto` resolved for the device
+    if workers < 0:
+        workers = decode_workers(threads, teacher.device.type)
     job = {
         "work_format": WORK_FORMAT,
         "captions_sha256": table.sha256,
@@ -186,16 +205,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", default="openai",
                    help="open_clip pretrained tag, a local checkpoint file, or 'none' for random weights (tests only)")
     p.add_argument("--model-config", default=None, help="custom open_clip model-config JSON registered as --model")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=4, help="DataLoader processes decoding images")
-    p.add_argument("--precision", choices=list(PRECISIONS), default="fp32", help="bf16/fp16 = autocast, GPU only")
+    p.add_argument("--batch-size", type=int, default=256, help="images or captions per forward")
+    p.add_argument("--workers", type=int, default=-1,
+                   help="DataLoader processes decoding images (default -1: from --threads, one less on a GPU)")
+    p.add_argument("--precision", choices=list(PRECISION_CHOICES), default="auto",
+                   help="auto = fp16 on CUDA, fp32 on CPU; bf16/fp16 = autocast, GPU only")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="drop unreadable images and their captions (recorded in the metadata) instead of failing")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--chunk-size", type=int, default=8192, help="rows per resumable chunk")
     p.add_argument("--work-dir", default=None, help="where finished chunks are kept (default: <out-dir>.work)")
     p.add_argument("--threads", type=int, default=0,
-                   help="torch threads on CPU (default 0: the cores left free by the decode workers)")
+                   help="threads the job may use (default 0: every core it has): torch threads on CPU, decode workers")
     return p
 
 

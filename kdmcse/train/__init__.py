@@ -7,6 +7,8 @@ Hugging Face folder), `heads.pt` and `run_meta.json`.
     python -m kdmcse train --run-config JSON --text wiki.parquet [--pairs … --teacher …] --seed N --out DIR   (loop.py)
 
 `run_config.py` checks the run config, `inputs.py` reads and cross-checks the data, `model.py` is the student,
-`losses.py` the objectives, `mixing.py` the batch schedule, `step.py` one optimisation step, `selection.py`
-STS-B dev selection, `checkpoint.py` resumable state and `distributed.py` the torchrun plumbing.
+`losses.py` the objectives, `mixing.py` the batch schedule, `step.py` one optimisation step, `precision.py`
+fp32/tf32/bf16/fp16, `step_values.py` the per-step values read from the device every `log_every` steps,
+`selection.py` STS-B dev selection, `checkpoint.py` resumable state, `checkpoint_policy.py` when it is written,
+and `distributed.py` the torchrun plumbing.
 """

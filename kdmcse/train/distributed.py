@@ -126,6 +126,15 @@ def average_gradients(params: Iterable[torch.nn.Parameter], ctx: DistContext) ->
         offset += n
 
 
+def all_reduce_max(values: list[int], ctx: DistContext, device: torch.device) -> list[int]:
+    """Element-wise maximum of small integers over every rank (one collective, then one host read)."""
+    if not ctx.enabled:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.int64, device=device)  # nccl reduces CUDA tensors, gloo CPU ones
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [int(v) for v in t.tolist()]
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()

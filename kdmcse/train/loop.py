@@ -8,19 +8,19 @@ python -m kdmcse train --run-config JSON_OR_@FILE --text wiki.parquet
 What it reproduces (method §1.3–§4.1): text-only and image–caption batches interleaved by a fixed step
 (`kdmcse.train.mixing`); each sentence encoded twice in one forward (dropout views); AdamW (eps 1e-6, no weight
 decay) over every parameter with a linear decay to 0 and no warm-up; gradient clipping at 1.0; STS-B dev
-Spearman every `eval_steps` and at the last step, keeping the strictly best model. A checkpoint every
-`checkpoint_steps` lets a killed job resume to the same result. Under torchrun each process encodes a shard of
-every batch and the loss is computed on the gathered global batch (`kdmcse.train.distributed`).
+Spearman every `eval_steps` and at the last step, keeping the strictly best model. Resumable checkpoints every
+`checkpoint_minutes` and on SIGTERM/SIGUSR1 (`kdmcse.train.checkpoint_policy`) let a killed or preempted job
+resume to the same result. The loss parts stay on the device and are read every `log_every` steps
+(`kdmcse.train.step_values`): no step waits for the GPU. Under torchrun each process encodes a shard of every
+batch and the loss is computed on the gathered global batch (`kdmcse.train.distributed`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import math
 import platform
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -31,6 +31,7 @@ import torch
 from kdmcse.errors import KdmcseError
 from kdmcse.io import write_json
 from kdmcse.train.checkpoint import (
+    Checkpoint,
     capture_rng_state,
     load_checkpoint,
     remove_checkpoint,
@@ -38,8 +39,10 @@ from kdmcse.train.checkpoint import (
     run_fingerprint,
     save_checkpoint,
 )
+from kdmcse.train.checkpoint_policy import CheckpointPolicy, StopSignals, TrainingInterrupted
 from kdmcse.train.distributed import (
     DistContext,
+    all_reduce_max,
     average_gradients,
     barrier,
     gather_objects,
@@ -50,10 +53,10 @@ from kdmcse.train.inputs import Inputs, TrainData, build_data, check_inputs, dat
 from kdmcse.train.losses import LossSettings
 from kdmcse.train.mixing import MixedBatches, MixSchedule, mixing_schedule
 from kdmcse.train.model import StudentModel, load_tokenizer, save_student
-from kdmcse.train.run_config import load_run_config, validate_run_config
-from kdmcse.train.selection import DevSelection, state_to_cpu
+from kdmcse.train.precision import autocast_for, check_precision, make_scaler, tf32_mode
+from kdmcse.train.run_config import load_run_config, result_config, validate_run_config
+from kdmcse.train.selection import DevSelection
 from kdmcse.train.step import (
-    autocast_for,
     check_shardable,
     linear_decay,
     make_batch,
@@ -62,13 +65,16 @@ from kdmcse.train.step import (
     set_seed,
     step_losses,
 )
+from kdmcse.train.step_values import StepValues, first_non_finite, means
 
 log = logging.getLogger(__name__)
 
-LOG_EVERY = 50  # steps between loss logs
+LOSS_PARTS = ("intra", "image", "text", "total")  # step values that stop the run when not finite
 # Called with the number of completed steps after each step's evaluation and checkpoint; tests use it to
 # simulate a job killed mid-run.
 STEP_END_HOOK: Callable[[int], None] | None = None
+# The wall clock of the checkpoint policy (tests replace it to make checkpoints fall on chosen steps).
+CLOCK: Callable[[], float] = time.monotonic
 
 
 @dataclass
@@ -101,13 +107,14 @@ def set_up(cfg: dict[str, Any], settings: LossSettings, inputs: Inputs, ctx: Dis
            out: Path, show_progress: bool) -> Run:
     """Build the run, or continue the checkpointed one; whatever can refuse it comes before the model loads."""
     device = pick_device(ctx)
+    check_precision(cfg["precision"], device)
     autocast = autocast_for(cfg["precision"], device)
     n_text, n_pair = len(inputs.texts), len(inputs.captions) if inputs.captions is not None else 0
     check_shardable(cfg["batch_size"], n_text, n_pair, ctx.world_size)
     schedule = mixing_schedule(n_text, n_pair, cfg["batch_size"], cfg["epochs"], cfg["max_steps"])
-    fingerprint = run_fingerprint(cfg, seed, data_info(inputs), ctx.world_size)
+    fingerprint = run_fingerprint(result_config(cfg), seed, data_info(inputs), ctx.world_size)
     ckpt_dir = out / "checkpoint"
-    state = load_checkpoint(ckpt_dir, fingerprint)
+    saved = load_checkpoint(ckpt_dir, fingerprint)
 
     set_seed(seed)  # before model init: the heads' random init depends on it
     tokenizer = load_tokenizer(cfg["model"])
@@ -121,46 +128,46 @@ def set_up(cfg: dict[str, Any], settings: LossSettings, inputs: Inputs, ctx: Dis
     params = list(student.parameters())
     optimizer = make_optimizer(params, cfg["lr"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_decay(schedule.total_steps))
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg["precision"] == "fp16")
+    scaler = make_scaler(cfg["precision"], device)
     set_seed(seed + ctx.rank)  # again after loaders/optimiser, as the published trainer does
     log.info("schedule: %s", schedule)
 
     run = Run(cfg, settings, inputs, ctx, device, autocast, schedule, fingerprint,
               ckpt_dir, tokenizer, student, data, batches, params, optimizer, scheduler, scaler,
               DevSelection(inputs.senteval, cfg["pooling"]))
-    if state is not None:
-        resume(run, state)
+    if saved is not None:
+        resume(run, saved)
     return run
 
 
-def resume(run: Run, state: dict[str, Any]) -> None:
+def resume(run: Run, saved: Checkpoint) -> None:
     """Put a run back where its checkpoint left it."""
+    state = saved.state
     run.student.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
+    # An uninterrupted run carries zero (not None) gradients from step to step (`zero_grad(set_to_none=False)`),
+    # and AdamW moves a parameter with a zero gradient by its momentum but skips one without a gradient: the
+    # heads unused on a text-only step would stand still after a resume without this.
+    for p, had_grad in zip(run.params, state["grad_present"], strict=True):
+        if had_grad:
+            p.grad = torch.zeros_like(p)
     run.scheduler.load_state_dict(state["scheduler"])
     run.scaler.load_state_dict(state["scaler"])
     run.batches.load_state_dict(state["loaders"])
     restore_rng_state(state["rng"][run.ctx.rank])
-    run.selection.load_state_dict(state)
-    run.start_step = int(state["step"])
-    best = run.selection.best
-    if run.ctx.is_main and best["state"] is None and best["score"] is not None:
-        raise KdmcseError(f"checkpoint {run.ckpt_dir} lacks the best model; delete it to start over")
+    run.selection.load_state_dict(state["selection"], saved.best_weights)
+    run.start_step = saved.step
 
 
 # ---------------------------------------------------------------- the step
-def train_step(run: Run, step: int, paired: bool, global_rows: np.ndarray) -> dict[str, float]:
-    """One optimisation step; returns the loss parts (a non-finite one stops the run before the update)."""
+def train_step(run: Run, paired: bool, global_rows: np.ndarray) -> dict[str, torch.Tensor]:
+    """One optimisation step; returns its loss parts as device tensors (nothing here waits for the device).
+
+    A non-finite loss is caught when the values are read (`check_finite`), at the latest before the next
+    evaluation or checkpoint, so no checkpoint and no selected model ever holds the weights it produced.
+    """
     batch = make_batch(run.data, paired, global_rows, run.ctx, run.device)
     losses = step_losses(run.student, batch, run.settings, run.ctx, run.autocast)
-    # one device sync per step for all parts (they are logged and checked for NaN/inf)
-    values = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist()))
-    if not all(math.isfinite(v) for v in values.values()):
-        parts = ", ".join(f"{k}={v:.6g}" for k, v in values.items())
-        raise KdmcseError(
-            f"non-finite loss at step {step + 1} ({'paired' if paired else 'text-only'} batch): {parts}. "
-            f"The last good checkpoint (if any) is kept in {run.ckpt_dir}; lower lr or use precision fp32"
-        )
     run.scaler.scale(losses["total"]).backward()
     average_gradients(run.params, run.ctx)
     run.scaler.unscale_(run.optimizer)
@@ -171,26 +178,27 @@ def train_step(run: Run, step: int, paired: bool, global_rows: np.ndarray) -> di
     # zero (not None) as torch 1.x did in the published trainer: AdamW keeps moving the heads on
     # text-only steps from their momentum, exactly as there
     run.optimizer.zero_grad(set_to_none=False)
-    return values
+    return losses
 
 
-class LossLog:
-    """Loss parts summed since the last log line, each with its own count (image/text exist on paired steps only)."""
+def check_finite(run: Run, values: StepValues) -> None:
+    """Read the queued step values (one device sync) and stop at the first step whose loss is NaN/inf."""
+    bad = first_non_finite(values.read(), LOSS_PARTS)
+    if bad is not None:
+        parts = ", ".join(f"{k}={v:.6g}" for k, v in bad.values.items())
+        raise KdmcseError(
+            f"non-finite loss at step {bad.step} ({'paired' if bad.paired else 'text-only'} batch): {parts}. "
+            f"The last good checkpoint (if any) is kept in {run.ckpt_dir}; lower lr or use precision fp32"
+        )
 
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = defaultdict(float)
-        self.counts: dict[str, int] = defaultdict(int)
 
-    def add(self, values: dict[str, float]) -> None:
-        for k, v in values.items():
-            self.sums[k] += v
-            self.counts[k] += 1
-
-    def flush(self) -> dict[str, float]:
-        means = {k: v / self.counts[k] for k, v in self.sums.items()}
-        self.sums.clear()
-        self.counts.clear()
-        return means
+def log_values(run: Run, values: StepValues, done: int, bar: Any) -> None:
+    """Check and log the mean of every value since the last log line."""
+    check_finite(run, values)
+    mean = means(values.take())
+    bar.set_postfix({k: f"{v:.4f}" for k, v in mean.items()}, refresh=False)
+    log.info("step %d/%d lr %.3g %s", done, run.schedule.total_steps, run.scheduler.get_last_lr()[0],
+             " ".join(f"{k}={v:.4f}" for k, v in mean.items()))
 
 
 # ---------------------------------------------------------------- evaluation/selection and checkpointing
@@ -205,12 +213,33 @@ def checkpoint(run: Run, done: int) -> None:
     """Save what an uninterrupted run carries to the next step (every process's RNG; one writer)."""
     rng = gather_objects(capture_rng_state(), run.ctx)
     if run.ctx.is_main:
+        best = run.selection.best
         save_checkpoint(run.ckpt_dir, {
-            "step": done, "model": state_to_cpu(run.student), "optimizer": run.optimizer.state_dict(),
+            "step": done, "model": run.student.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "grad_present": [p.grad is not None for p in run.params],
             "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
-            "loaders": run.batches.state_dict(), "rng": rng, **run.selection.state_dict(),
-        }, run.fingerprint)
+            "loaders": run.batches.state_dict(), "rng": rng, "selection": run.selection.state_dict(),
+        }, run.fingerprint, best_step=best["step"] if best["state"] is not None else None,
+            best_weights=best["state"])
     barrier(run.ctx)
+
+
+def checkpoint_decision(run: Run, done: int, policy: CheckpointPolicy, stop: StopSignals) -> tuple[bool, int]:
+    """(write a checkpoint now, the stop signal received or 0), the same on every process.
+
+    A single process decides at every step boundary from host values alone. Processes under torchrun must
+    agree (each has its own clock and may get the signal alone); they do so every `log_every` steps, where
+    the loss values are read anyway, so the agreement adds no wait of its own to the other steps.
+    """
+    if done >= run.schedule.total_steps:
+        return False, 0  # the outputs are written next: nothing to resume
+    due, signum = policy.due(done), stop.received or 0
+    if not run.ctx.enabled:
+        return due or bool(signum), signum
+    if done % run.cfg["log_every"]:
+        return False, 0
+    due, signum = all_reduce_max([int(due), signum], run.ctx, run.device)
+    return bool(due or signum), signum
 
 
 # ---------------------------------------------------------------- outputs
@@ -274,9 +303,10 @@ def train(
     senteval: Path | None = None,
     show_progress: bool = True,
 ) -> dict[str, Any]:
-    """Train one student and write `out/` (see module doc). Returns the run metadata."""
-    from tqdm.auto import tqdm
+    """Train one student and write `out/` (see module doc). Returns the run metadata.
 
+    Raises `TrainingInterrupted` after saving a checkpoint when the job gets SIGTERM or SIGUSR1.
+    """
     cfg = validate_run_config(run_config)
     settings = LossSettings.from_run_config(cfg)
     inputs = check_inputs(cfg, text, pairs, teacher, senteval)
@@ -284,38 +314,51 @@ def train(
     try:
         started = time.time()
         run = set_up(cfg, settings, inputs, ctx, seed=seed, out=out, show_progress=show_progress)
-        total = run.schedule.total_steps
-        losses = LossLog()
-        paired_done = run.schedule.paired_steps_until(run.start_step)
-        bar = tqdm(total=total, initial=run.start_step, desc="train", unit="step",
-                   disable=not (show_progress and ctx.is_main))
-        for step in range(run.start_step, total):
-            paired, global_rows = next(run.batches)
-            losses.add(train_step(run, step, paired, global_rows))
-            done = step + 1
-            paired_done += int(paired)
-            bar.update(1)
-            if done % LOG_EVERY == 0 or done == total:
-                means = losses.flush()
-                bar.set_postfix({k: f"{v:.4f}" for k, v in means.items()}, refresh=False)
-                log.info("step %d/%d lr %.3g %s", done, total, run.scheduler.get_last_lr()[0],
-                         " ".join(f"{k}={v:.4f}" for k, v in means.items()))
-            if done % cfg["eval_steps"] == 0 or done == total:
-                evaluate(run, done)
-            if cfg["checkpoint_steps"] and done % cfg["checkpoint_steps"] == 0 and done < total:
-                checkpoint(run, done)
-            if STEP_END_HOOK is not None:
-                STEP_END_HOOK(done)
-        bar.close()
-
-        meta: dict[str, Any] = {}
-        if ctx.is_main:
-            meta = finish(run, seed=seed, text=text, out=out, pairs=pairs, teacher=teacher, senteval=senteval,
-                          paired_done=paired_done, started=started)
+        with StopSignals() as stop, tf32_mode(cfg["precision"], run.device):
+            paired_done = run_steps(run, stop, show_progress=show_progress)
+            meta: dict[str, Any] = {}
+            if ctx.is_main:
+                meta = finish(run, seed=seed, text=text, out=out, pairs=pairs, teacher=teacher,
+                              senteval=senteval, paired_done=paired_done, started=started)
         barrier(ctx)
         return meta
     finally:
         shutdown_distributed(ctx)
+
+
+def run_steps(run: Run, stop: StopSignals, *, show_progress: bool) -> int:
+    """Train from `run.start_step` to the last step; returns the number of paired steps done in the whole run."""
+    from tqdm.auto import tqdm
+
+    cfg, total = run.cfg, run.schedule.total_steps
+    values = StepValues()
+    policy = CheckpointPolicy(cfg["checkpoint_minutes"], total, run.start_step, clock=CLOCK)
+    paired_done = run.schedule.paired_steps_until(run.start_step)
+    bar = tqdm(total=total, initial=run.start_step, desc="train", unit="step",
+               disable=not (show_progress and run.ctx.is_main))
+    for step in range(run.start_step, total):
+        paired, global_rows = next(run.batches)
+        done = step + 1
+        values.add(done, paired, train_step(run, paired, global_rows))
+        paired_done += int(paired)
+        bar.update(1)
+        if done % cfg["log_every"] == 0 or done == total:
+            log_values(run, values, done, bar)
+        if done % cfg["eval_steps"] == 0 or done == total:
+            check_finite(run, values)
+            evaluate(run, done)
+        write, signum = checkpoint_decision(run, done, policy, stop)
+        if write:
+            check_finite(run, values)
+            checkpoint(run, done)
+            policy.written(done)
+            if signum:
+                bar.close()
+                raise TrainingInterrupted(signum, done, run.ckpt_dir)
+        if STEP_END_HOOK is not None:
+            STEP_END_HOOK(done)
+    bar.close()
+    return paired_done
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -334,6 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = load_run_config(args.run_config)
-    train(cfg, text=args.text, out=args.out, seed=args.seed, pairs=args.pairs, teacher=args.teacher,
-          senteval=args.senteval, show_progress=not args.no_progress)
+    try:
+        train(cfg, text=args.text, out=args.out, seed=args.seed, pairs=args.pairs, teacher=args.teacher,
+              senteval=args.senteval, show_progress=not args.no_progress)
+    except TrainingInterrupted as stop:
+        log.error("%s", stop)
+        return stop.exit_code
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -94,7 +95,7 @@ class StudentModel(nn.Module):
                 raise KdmcseError(f"dropout override: {name!r} ({config.model_type}) has no known dropout setting")
             for k in changed:
                 setattr(config, k, float(dropout))
-        encoder = AutoModel.from_pretrained(name, config=config)
+        encoder = AutoModel.from_pretrained(name, config=config, **float32_load_kwargs())
         return cls(encoder, proj_dim=proj_dim, teacher_dim=teacher_dim)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -144,6 +145,19 @@ class StudentModel(nn.Module):
                 for name in ("mlp", "grounding", "image_proj", "text_proj")
             },
         }
+
+
+def float32_load_kwargs() -> dict[str, torch.dtype]:
+    """`from_pretrained` arguments that load the weights as float32 whatever dtype the checkpoint was saved in.
+
+    transformers 5 loads a checkpoint in its stored dtype by default (`dtype="auto"`): a model saved in half
+    precision would silently train and be evaluated in it. The argument is `dtype` since transformers 4.56
+    and `torch_dtype` before (where float32 was the default anyway).
+    """
+    import transformers
+
+    major, minor = (int(x) for x in re.findall(r"\d+", transformers.__version__)[:2])
+    return {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": torch.float32}
 
 
 def load_tokenizer(name_or_path: str | os.PathLike[str]):
@@ -300,7 +314,7 @@ def load_student(
     heads = torch.load(heads_file, map_location=map_location, weights_only=True)
     if heads.get("format") != HEADS_FORMAT:
         raise KdmcseError(f"{heads_file}: unknown heads format {heads.get('format')!r} (expected {HEADS_FORMAT})")
-    encoder = AutoModel.from_pretrained(str(model_dir))
+    encoder = AutoModel.from_pretrained(str(model_dir), **float32_load_kwargs())
     if int(encoder.config.hidden_size) != heads["hidden_size"]:
         raise KdmcseError(f"{heads_file} is for hidden size {heads['hidden_size']}, the encoder in {model_dir} "
                           f"has {encoder.config.hidden_size}: the two files come from different runs")
@@ -316,6 +330,7 @@ __all__ = [
     "StudentModel",
     "TanhHead",
     "default_heads_path",
+    "float32_load_kwargs",
     "load_student",
     "load_tokenizer",
     "save_student",

@@ -13,9 +13,12 @@ from typing import Any, Callable
 
 from kdmcse.embedding import POOLINGS
 from kdmcse.errors import KdmcseError
+from kdmcse.train.precision import PRECISIONS
 
 OBJECTIVES = ("simcse", "mcse", "kdmcse")
-PRECISIONS = ("fp32", "bf16", "fp16")
+# Keys that change how a run is watched and saved, not what it computes: they stay out of the checkpoint
+# fingerprint, so a requeued job may resume with another checkpoint interval or logging interval.
+RESULT_NEUTRAL_KEYS = ("checkpoint_minutes", "log_every")
 # key -> (check, what it must be); every key is required (docs/architecture.md §4)
 _NUM = (int, float)
 
@@ -55,8 +58,16 @@ RUN_CONFIG_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
         'an object {"model": …, "pretrained": …} naming the CLIP teacher of the cache (plus "model_config_sha256" '
         "for a custom architecture)",
     ),
-    "checkpoint_steps": (lambda v: v is None or (_is_int(v) and v >= 1), "null (off) or an integer >= 1"),
+    "checkpoint_minutes": (lambda v: v is None or (_is_num(v) and v > 0),
+                           "null (no periodic checkpoints) or a number of minutes > 0"),
+    "log_every": (lambda v: _is_int(v) and v >= 1, "an integer >= 1 (steps between loss reads and log lines)"),
 }
+
+
+def result_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The run config without the keys that cannot change the result (what a checkpoint must agree on)."""
+    return {k: v for k, v in cfg.items() if k not in RESULT_NEUTRAL_KEYS}
+
 
 def load_run_config(arg: str) -> dict[str, Any]:
     """Parse `--run-config`: inline JSON, or `@path` to a JSON file."""

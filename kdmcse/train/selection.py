@@ -66,7 +66,9 @@ class DevSelection:
         return score
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history, "best": self.best}
+        """The history and the best score and step; the best weights are saved apart (`best["state"]`)."""
+        return {"history": self.history, "best_score": self.best["score"], "best_step": self.best["step"]}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.history, self.best = state["history"], state["best"]
+    def load_state_dict(self, state: dict[str, Any], best_weights: dict[str, torch.Tensor] | None) -> None:
+        self.history = list(state["history"])
+        self.best = {"score": state["best_score"], "step": state["best_step"], "state": best_weights}

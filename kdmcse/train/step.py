@@ -1,12 +1,11 @@
 """One optimisation step and what it is built from: the batch, the two dropout views in one encoder pass, the
 heads and losses on the gathered global batch; plus the optimiser, schedule, precision and seeding it runs under
-(method.md §1.5, §2, §4.1).
+(method.md §1.5, §2, §4.1). The precision (autocast, TF32, loss scaling) is `kdmcse.train.precision`.
 """
 
 from __future__ import annotations
 
 import random
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -29,17 +28,25 @@ class StepBatch:
     caption_emb: torch.Tensor | None = None
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host tensor -> `device`; to a GPU through pinned memory, so the copy is asynchronous and the host goes
+    on preparing the next step instead of waiting for the GPU to drain."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def make_batch(data: TrainData, paired: bool, global_rows: np.ndarray, ctx: DistContext,
                device: torch.device) -> StepBatch:
     local = shard_rows(global_rows, ctx)
     corpus = data.pairs if paired else data.text
     assert corpus is not None
-    tokens = {k: v.to(device, non_blocking=True) for k, v in corpus.collate(local).items()}
+    tokens = {k: to_device(v, device) for k, v in corpus.collate(local).items()}
     batch = StepBatch(paired, local, shard_sizes(len(global_rows), ctx.world_size), tokens)
     if paired:
         # every process knows the global batch, so it reads the teacher rows itself instead of gathering them
         img, cap = data.teacher_batch(global_rows)
-        batch.image_emb, batch.caption_emb = img.to(device), cap.to(device)
+        batch.image_emb, batch.caption_emb = to_device(img, device), to_device(cap, device)
     return batch
 
 
@@ -123,13 +130,3 @@ def pick_device(ctx: DistContext) -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", ctx.local_rank)
     return torch.device("cpu")
-
-
-def autocast_for(precision: str, device: torch.device) -> Callable[[], Any]:
-    if precision == "fp32":
-        return nullcontext
-    if device.type != "cuda":
-        raise KdmcseError(f"run config precision {precision!r} needs a CUDA device; this run is on {device}: "
-                          "use precision fp32")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return lambda: torch.autocast("cuda", dtype=dtype)

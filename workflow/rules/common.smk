@@ -179,7 +179,7 @@ def teacher_inputs(w):
 
 def teacher_args(w):
     t = teacher_spec(w.teacher)
-    args = ["--model", t["model"], "--pretrained", t["pretrained"], "--precision", t.get("precision", "fp32")]
+    args = ["--model", t["model"], "--pretrained", t["pretrained"], "--precision", t.get("precision", "auto")]
     args += ["--batch-size", str(t.get("batch_size", 256))]
     if t.get("model_config"):
         args += ["--model-config", t["model_config"]]

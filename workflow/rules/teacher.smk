@@ -17,11 +17,12 @@ rule teacher:
         # a custom architecture's config file is an input by content: editing it rebuilds the cache
         model_config_sha256=lambda w: teacher_model_config_sha256(w.teacher),
         code=code_version("teacher"),
-    threads: 4
+    # JPEG decoding feeds the GPU: the stage runs one decode worker per thread but one (capped by --cores)
+    threads: 16
     resources:
         gpu=1,
     conda:
         "../../envs/kdmcse.yaml"
     shell:
         "python -m kdmcse teacher --captions {input.captions:q} --out-dir {params.out_dir:q} "
-        "--workers {threads} --threads {threads} {params.args} 2> {log:q}"
+        "--threads {threads} {params.args} 2> {log:q}"
