@@ -28,6 +28,10 @@ rule extract:
         "logs/extract/{artifact}.log",
     benchmark:
         "results/benchmarks/extract/{artifact}.tsv"
+    threads: job_resources("extract")["threads"]
+    resources:
+        mem_mb=job_resources("extract")["mem_mb"],
+        runtime=job_resources("extract")["runtime"],
     conda:
         "../../envs/kdmcse.yaml"
     shell:
@@ -47,6 +51,10 @@ rule prepare_wiki:
         max_lines=lambda w: (
             f"--max-lines {config['wiki']['max_lines']}" if config["wiki"]["max_lines"] else ""
         ),
+    threads: job_resources("prepare")["threads"]
+    resources:
+        mem_mb=job_resources("prepare")["mem_mb"],
+        runtime=job_resources("prepare")["runtime"],
     conda:
         "../../envs/kdmcse.yaml"
     shell:
@@ -65,6 +73,10 @@ rule prepare_captions:
     params:
         args=lambda w, input: prepare_captions_args(w, input),
         spec=lambda w: json.dumps(caption_corpus(w.pairs), sort_keys=True),
+    threads: job_resources("prepare")["threads"]
+    resources:
+        mem_mb=job_resources("prepare")["mem_mb"],
+        runtime=job_resources("prepare")["runtime"],
     conda:
         "../../envs/kdmcse.yaml"
     shell:

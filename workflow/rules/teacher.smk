@@ -15,11 +15,15 @@ rule teacher:
         args=teacher_args,
         out_dir=lambda w: f"results/teacher/{w.pairs}/{w.teacher}",
         code=code_version("teacher"),
-    threads: 4
+    threads: job_resources("teacher")["threads"]
     resources:
         gpu=1,
+        mem_mb=job_resources("teacher")["mem_mb"],
+        runtime=job_resources("teacher")["runtime"],
     conda:
         "../../envs/kdmcse.yaml"
     shell:
+        # own device: CUDA_VISIBLE_DEVICES from `kdmcse gpus` locally, from the scheduler under SLURM
+        "python -m kdmcse gpus --count 1 -- "
         "python -m kdmcse teacher --captions {input.captions} --out-dir {params.out_dir} "
         "--workers {threads} --threads {threads} {params.args} 2> {log}"
