@@ -68,8 +68,10 @@ def test_every_gpu_job_ran_on_devices_of_its_own(multigpu_run):
 
 def test_the_two_gpu_student_ran_torchrun_inside_its_allocation(multigpu_run):
     work, runs = multigpu_run
-    for run in (r for r in runs if r.stage == "train"):
-        assert "--nproc_per_node=2" in run.args
+    trains = [r for r in runs if r.stage == "train"]
+    assert len(trains) == 2, runs  # torchrun itself ran under the traced `python`, inside the allocation
+    for run in trains:
+        assert "--nproc_per_node=2" in run.args and len(set(run.devices or ())) == 2, run
     metas = sorted((work / "results" / "students").rglob("run_meta.json"))
     assert len(metas) == 2
     assert all(json.loads(m.read_text())["world_size"] == 2 for m in metas)

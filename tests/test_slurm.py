@@ -105,15 +105,21 @@ def scenario(cluster: SlurmCluster, tmp_path_factory: pytest.TempPathFactory):
                    "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2"]
 
         def run() -> subprocess.CompletedProcess:
-            return subprocess.run(command, cwd=on_slurm, env=env, capture_output=True, text=True, timeout=900)
+            return subprocess.run(command, cwd=on_slurm, env=env, capture_output=True, text=True, timeout=600)
 
         watcher = CancelFirstTraining(cluster, on_slurm)
         watcher.start()
-        first = run()
-        watcher.done.set()
-        trained_first = sorted(p.parent for p in (on_slurm / "results" / "students").rglob("run_meta.json"))
-        second = run()
-        local_out = local_proc.communicate(timeout=900)[0]
+        try:
+            first = run()
+            watcher.done.set()
+            trained_first = sorted(p.parent for p in (on_slurm / "results" / "students").rglob("run_meta.json"))
+            second = run()
+            local_out = local_proc.communicate(timeout=600)[0]
+        finally:
+            watcher.done.set()
+            if local_proc.poll() is None:
+                local_proc.kill()
+                local_proc.wait()
     result = {"local": local, "slurm": on_slurm, "first": first, "second": second, "cancelled": watcher.cancelled,
               "trained_first": trained_first,
               "runs": gpu_stage_runs(trace) if trace.exists() else [], "cluster": cluster}
