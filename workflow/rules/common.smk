@@ -206,7 +206,8 @@ def train_inputs(w):
 def train_launcher():
     """Plain python on one device; torchrun (single node, DDP) over the job's devices when it has several.
 
-    torchrun starts inside the allocation, so its workers see exactly the job's GPUs (LOCAL_RANK r = the r-th).
+    torchrun starts inside the allocation, so its workers see exactly the job's GPUs (LOCAL_RANK r = the r-th);
+    run as `python -m torch.distributed.run`, it is the interpreter of every other stage (the conda env's).
     """
     n = config["train"]["gpus_per_job"]
     python = "python" if n == 1 else f"python -m torch.distributed.run --standalone --nproc_per_node={n}"
