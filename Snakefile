@@ -6,7 +6,8 @@
 
 from snakemake.utils import min_version
 
-min_version("9.0")
+# 9.19: the first release that reads the profiles/*/profile.yaml files (keep in step with pyproject.toml)
+min_version("9.19")
 
 
 configfile: "config/config.yaml"

@@ -18,6 +18,7 @@ STAGES = {
     "evaluate": "kdmcse.evaluate.cli",
     "report": "kdmcse.report.cli",
     "config": "kdmcse.config",
+    "gpus": "kdmcse.gpus",  # not a stage: the launcher that gives each GPU job its own devices
 }
 
 

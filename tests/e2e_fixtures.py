@@ -9,8 +9,12 @@ from __future__ import annotations
 import io
 import json
 import random
+import shutil
+import sys
 import tarfile
 import zipfile
+from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image
 
@@ -139,3 +143,111 @@ TINY_CLIP = {
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
 }
+
+
+# --- a runnable copy of the workflow on these fixtures (shared by the end-to-end tests of the launchers)
+
+WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "profiles", "envs")
+
+
+def copy_workflow(work: Path, root: Path) -> None:
+    """The files a user's clone runs from (the package itself comes from PYTHONPATH or the installed kdmcse)."""
+    for name in WORKFLOW_PARTS:
+        src = root / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
+
+
+def fixture_files() -> dict[str, bytes]:
+    """What the fixture server serves as the source mirror."""
+    ann_zip, img_zip = coco_archives()
+    return {"/wiki1m_for_simcse.txt": wiki_text(), "/senteval.tar": senteval_tar(),
+            "/annotations_trainval2014.zip": ann_zip, "/train2014.zip": img_zip}
+
+
+def small_config(work: Path, mirror_url: str, objectives: tuple[str, ...] = ("simcse", "kdmcse")) -> dict:
+    """The tiny end-to-end config trimmed to the main table (one cell per objective, no transfer tasks), with
+    every job on one thread and small memory and time requests, so that a scheduler with little can run it."""
+    from conftest import build_tiny_bert
+
+    student = build_tiny_bert(work / "models" / "tiny-bert")
+    clip_cfg = work / "models" / "tiny-clip.json"
+    clip_cfg.write_text(json.dumps(TINY_CLIP))
+    main = {"dataset": "wiki+tiny", "backbone": "tiny", "objective": "kdmcse"}
+    small = {"threads": 1, "mem_mb": 1000, "runtime": 30}
+    return {
+        "sources": {"mirror": mirror_url.rstrip("/")},
+        "captions": {"tiny": {"format": "coco", "annotations": "coco_annotations_2014",
+                              "images": "coco_train2014_images", "images_subdir": "train2014"}},
+        "datasets": {"wiki+tiny": {"pairs": "tiny"}},
+        "teachers": {"tinyclip": {"model": "kdmcse-tiny-clip", "pretrained": "none", "model_config": str(clip_cfg),
+                                  "batch_size": 8}},
+        "teacher": "tinyclip",
+        "backbones": {"tiny": {"model": str(student), "lr": 1.0e-3, "batch_size": 8}},
+        "train": {"max_steps": 6, "eval_steps": 3, "checkpoint_steps": 3, "proj_dim": 16},
+        "grid": {
+            "seeds": [0],
+            "main": {"datasets": ["wiki+tiny"], "backbones": ["tiny"], "objectives": list(objectives),
+                     "margin": 0.15, "threshold": "off"},
+            # each ablation at the main setting only: the same cell, trained once
+            "ablations": {"margin": {**main, "values": [0.15]}, "threshold": {**main, "values": ["off"]}},
+        },
+        "evaluate": {"transfer": "none", "batch_size": 16},
+        "resources": {rule: dict(small) for rule in
+                      ("teacher", "train", "evaluate_sts", "evaluate_transfer", "extract", "prepare")},
+        "report": {"caption_note": "Fixture run: random-init tiny models."},
+    }
+
+
+def trace_python(bin_dir: Path, trace: Path) -> None:
+    """Put a `python` first on PATH that runs this interpreter and appends one line per run to `trace`:
+    start, end, pid, CUDA_VISIBLE_DEVICES and the arguments. The rules start every stage as `python -m kdmcse …`,
+    so the trace shows which devices each job ran on, and when, without any help from the code under test."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    shim = bin_dir / "python"
+    shim.write_text(
+        "#!/bin/bash\n"
+        'start=$(date +%s.%N)\n'
+        f'{sys.executable} "$@"\n'
+        "rc=$?\n"
+        f'printf "%s\\t%s\\t%s\\t%s\\t%s\\n" "$start" "$(date +%s.%N)" "$$" '
+        f'"${{CUDA_VISIBLE_DEVICES-<unset>}}" "$*" >> {trace}\n'
+        "exit $rc\n"
+    )
+    shim.chmod(0o755)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One traced stage process."""
+
+    start: float
+    end: float
+    devices: tuple[str, ...] | None  # None: CUDA_VISIBLE_DEVICES unset
+    args: str
+
+    @property
+    def stage(self) -> str:
+        """`gpus` for the launcher, else the stage the process runs (a torchrun launcher runs `train`)."""
+        words = self.args.split()
+        module = words[words.index("-m") + 1] if "-m" in words else "?"
+        if module == "torch.distributed.run":
+            return "train"
+        return words[words.index("-m") + 2] if module == "kdmcse" else module
+
+
+def read_trace(trace: Path) -> list[Run]:
+    runs = []
+    for line in trace.read_text().splitlines():
+        start, end, _pid, cvd, args = line.split("\t", 4)
+        devices = None if cvd == "<unset>" else tuple(d for d in cvd.split(",") if d)
+        runs.append(Run(float(start), float(end), devices, args))
+    return runs
+
+
+def gpu_stage_runs(trace: Path) -> list[Run]:
+    """The stage processes of GPU jobs (teacher, train, evaluate), not the `kdmcse gpus` launchers around them."""
+    return [r for r in read_trace(trace) if r.stage in ("teacher", "train", "evaluate")]
+
+
+def overlapping(runs: list[Run]) -> list[tuple[Run, Run]]:
+    return [(a, b) for i, a in enumerate(runs) for b in runs[i + 1:] if a.start < b.end and b.start < a.end]

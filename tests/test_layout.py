@@ -18,7 +18,7 @@ from kdmcse.__main__ import STAGES
 PACKAGE = Path(__file__).resolve().parents[1] / "kdmcse"
 # The flow, earliest first. Shared modules sit below every stage; a module may import its own layer or lower.
 LAYERS = {"shared": 0, "data": 1, "teacher": 2, "train": 3, "evaluate": 4, "report": 5}
-SHARED = {"__init__", "__main__", "config", "grid", "io", "errors", "embedding"}
+SHARED = {"__init__", "__main__", "config", "grid", "io", "errors", "embedding", "gpus"}
 MAX_LINES = 450
 
 
@@ -125,7 +125,8 @@ def test_each_stage_package_says_what_it_reads_writes_and_runs(stage: str) -> No
 
 def test_cli_stages_live_in_their_subpackages() -> None:
     expected_home = {"download": "data", "extract": "data", "prepare": "data", "teacher": "teacher",
-                     "train": "train", "evaluate": "evaluate", "report": "report", "config": "shared"}
+                     "train": "train", "evaluate": "evaluate", "report": "report", "config": "shared",
+                     "gpus": "shared"}
     assert set(STAGES) == set(expected_home)
     for stage, module in STAGES.items():
         assert layer_of(module) == expected_home[stage], (stage, module)

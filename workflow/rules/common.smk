@@ -95,6 +95,22 @@ def metrics_files(cells, kind):
     return [metrics_path(c, s, kind) for c in cells for s in SEEDS]
 
 
+# --- compute: what each job asks for (config `resources`) and the devices it gets
+
+def job_resources(rule):
+    """threads, mem_mb and runtime (minutes) of a rule, from config `resources` (see docs/cluster.md)."""
+    return config["resources"][rule]
+
+
+def on_gpus(count):
+    """Command prefix that runs a GPU stage on `count` devices of its own (`python -m kdmcse gpus`, kdmcse/gpus.py).
+
+    Snakemake counts the `gpu` resource but picks no device; this sets CUDA_VISIBLE_DEVICES for local runs and
+    leaves the scheduler's choice alone inside a SLURM job.
+    """
+    return f"python -m kdmcse gpus --count {int(count)} --"
+
+
 # --- data stage helpers
 
 def download_args(w):
@@ -201,9 +217,14 @@ def train_inputs(w):
 
 
 def train_launcher():
-    """Plain python for one device; torchrun (single node, DDP) when a job gets several GPUs."""
+    """Plain python on one device; torchrun (single node, DDP) over the job's devices when it has several.
+
+    torchrun starts inside the allocation, so its workers see exactly the job's GPUs (LOCAL_RANK r = the r-th);
+    run as `python -m torch.distributed.run`, it is the interpreter of every other stage (the conda env's).
+    """
     n = config["train"]["gpus_per_job"]
-    return "python" if n == 1 else f"torchrun --standalone --nproc_per_node={n}"
+    python = "python" if n == 1 else f"python -m torch.distributed.run --standalone --nproc_per_node={n}"
+    return f"{on_gpus(n)} {python}"
 
 
 def train_pair_args(w, input):

@@ -30,6 +30,10 @@ rule extract:
         "results/benchmarks/extract/{artifact}.tsv"
     params:
         limit=extract_args,
+    threads: job_resources("extract")["threads"]
+    resources:
+        mem_mb=job_resources("extract")["mem_mb"],
+        runtime=job_resources("extract")["runtime"],
     conda:
         "../../envs/kdmcse.yaml"
     shell:
@@ -49,6 +53,10 @@ rule prepare_wiki:
         args=lambda w: (
             f"--max-lines {shlex_quote(config['wiki']['max_lines'])}" if config["wiki"]["max_lines"] else ""
         ),
+    threads: job_resources("prepare")["threads"]
+    resources:
+        mem_mb=job_resources("prepare")["mem_mb"],
+        runtime=job_resources("prepare")["runtime"],
     conda:
         "../../envs/kdmcse.yaml"
     shell:
@@ -67,6 +75,10 @@ rule prepare_captions:
     params:
         args=lambda w, input: prepare_captions_args(w, input),
         spec=lambda w: json.dumps(caption_corpus(w.pairs), sort_keys=True),
+    threads: job_resources("prepare")["threads"]
+    resources:
+        mem_mb=job_resources("prepare")["mem_mb"],
+        runtime=job_resources("prepare")["runtime"],
     conda:
         "../../envs/kdmcse.yaml"
     shell:

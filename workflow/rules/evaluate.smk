@@ -16,12 +16,16 @@ rule evaluate_sts:
         pooling=config["train"]["pooling"],
         batch_size=config["evaluate"]["batch_size"],
         code=EVAL_CODE,
-    threads: 2
+    threads: job_resources("evaluate_sts")["threads"]
     resources:
         gpu=1,
+        mem_mb=job_resources("evaluate_sts")["mem_mb"],
+        runtime=job_resources("evaluate_sts")["runtime"],
     conda:
         "../../envs/kdmcse.yaml"
     shell:
+        # own device: CUDA_VISIBLE_DEVICES from `kdmcse gpus` locally, from the scheduler under SLURM
+        "python -m kdmcse gpus --count 1 -- "
         "python -m kdmcse evaluate --model {input.model:q} --pooling {params.pooling:q} --tasks sts "
         "--data {input.senteval:q} --batch-size {params.batch_size:q} --out {output:q} --cell {params.cell} "
         "2> {log:q}"
@@ -42,12 +46,16 @@ rule evaluate_transfer:
         pooling=config["train"]["pooling"],
         batch_size=config["evaluate"]["batch_size"],
         code=EVAL_CODE,
-    threads: 2
+    threads: job_resources("evaluate_transfer")["threads"]
     resources:
         gpu=1,
+        mem_mb=job_resources("evaluate_transfer")["mem_mb"],
+        runtime=job_resources("evaluate_transfer")["runtime"],
     conda:
         "../../envs/kdmcse.yaml"
     shell:
+        # own device: CUDA_VISIBLE_DEVICES from `kdmcse gpus` locally, from the scheduler under SLURM
+        "python -m kdmcse gpus --count 1 -- "
         "python -m kdmcse evaluate --model {input.model:q} --pooling {params.pooling:q} --tasks transfer "
         "--data {input.senteval:q} --batch-size {params.batch_size:q} --out {output:q} --cell {params.cell} "
         "2> {log:q}"

@@ -18,11 +18,15 @@ rule teacher:
         model_config_sha256=lambda w: teacher_model_config_sha256(w.teacher),
         code=code_version("teacher"),
     # JPEG decoding feeds the GPU: the stage runs one decode worker per thread but one (capped by --cores)
-    threads: 16
+    threads: job_resources("teacher")["threads"]
     resources:
         gpu=1,
+        mem_mb=job_resources("teacher")["mem_mb"],
+        runtime=job_resources("teacher")["runtime"],
     conda:
         "../../envs/kdmcse.yaml"
     shell:
+        # own device: CUDA_VISIBLE_DEVICES from `kdmcse gpus` locally, from the scheduler under SLURM
+        "python -m kdmcse gpus --count 1 -- "
         "python -m kdmcse teacher --captions {input.captions:q} --out-dir {params.out_dir:q} "
         "--threads {threads} {params.args} 2> {log:q}"

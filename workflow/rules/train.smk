@@ -18,9 +18,11 @@ rule train:
         launcher=train_launcher(),
         out_dir=lambda w: student_dir(cell_of(w), w.seed),
         code=code_version("train", "embedding", "data/senteval", "teacher/cache"),
-    threads: 4
+    threads: job_resources("train")["threads"]
     resources:
         gpu=config["train"]["gpus_per_job"],
+        mem_mb=job_resources("train")["mem_mb"],
+        runtime=job_resources("train")["runtime"],
     conda:
         "../../envs/kdmcse.yaml"
     shell:
