@@ -3,12 +3,15 @@
     python -m kdmcse teacher --captions results/corpora/captions_<name>.parquet --out-dir DIR
            --model ViT-L-14 --pretrained openai [--model-config JSON] [--batch-size 256] [--workers 4]
            [--precision fp32|bf16|fp16] [--skip-bad-images] [--device auto] [--chunk-size N] [--work-dir DIR]
+           [--cache-dtype float32|float16]
 
 Embeddings are the projected CLIP features *before* L2 normalisation, like the features the paper trained on.
 Images go through CLIP's deterministic eval transform, decoded by DataLoader worker processes so the model never
 waits; each image is encoded once however many captions it has. Captions are tokenized by open_clip (truncated to
 the context length), sorted by length within a chunk and encoded with the padding beyond the longest caption of the
-batch cut off (exact for causal CLIP text towers, and much faster than 77 tokens).
+batch cut off (exact for causal CLIP text towers, and much faster than 77 tokens). A shard caption table (one
+with a `member` column, from `prepare captions --dataset shards`) is streamed from its tar shards instead, one
+shard per worker at a time, and resumes per shard (`kdmcse.teacher.shards`).
 
 The work is split into chunks; every finished chunk is saved atomically in a work folder (default `<out-dir>.work`,
 outside the output so a workflow manager that wipes a failed job's outputs keeps it), so a killed job restarts from
@@ -33,6 +36,7 @@ from kdmcse.teacher.cache import write_teacher_cache
 from kdmcse.teacher.captions import encode_captions
 from kdmcse.teacher.images import encode_images
 from kdmcse.teacher.model import PRECISIONS, load_teacher
+from kdmcse.teacher.shards import encode_shard_images
 from kdmcse.teacher.table import load_caption_table
 from kdmcse.teacher.work import WORK_FORMAT, prepare_work_dir
 
@@ -73,8 +77,11 @@ def run_teacher(
     chunk_size: int = 8192,
     work_dir: str | os.PathLike[str] | None = None,
     threads: int = 0,
+    cache_dtype: str = "float32",
 ) -> dict[str, Any]:
     """Build the teacher cache in `out_dir`; returns its metadata plus timings (`seconds`).
+
+    `cache_dtype` = storage of the cached embeddings (float16 halves a 1M-pair cache; they are computed in fp32).
 
     `threads` = torch threads on CPU (0 = the cores the decode workers leave free); the caller's setting is restored.
     """
@@ -85,13 +92,13 @@ def run_teacher(
         return _run_teacher(captions, out_dir, model=model, pretrained=pretrained, model_config=model_config,
                             batch_size=batch_size, workers=workers, precision=precision,
                             skip_bad_images=skip_bad_images, device=device, chunk_size=chunk_size,
-                            work_dir=work_dir, threads=threads)
+                            work_dir=work_dir, threads=threads, cache_dtype=cache_dtype)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _run_teacher(captions, out_dir, *, model, pretrained, model_config, batch_size, workers, precision,
-                 skip_bad_images, device, chunk_size, work_dir, threads) -> dict[str, Any]:
+                 skip_bad_images, device, chunk_size, work_dir, threads, cache_dtype) -> dict[str, Any]:
     out_dir = Path(out_dir)
     work_dir = Path(work_dir) if work_dir is not None else out_dir.with_name(out_dir.name + ".work")
     table = load_caption_table(captions)
@@ -126,9 +133,12 @@ def _run_teacher(captions, out_dir, *, model, pretrained, model_config, batch_si
              batch_size, workers, torch.get_num_threads())
 
     t0 = time.perf_counter()
-    image_emb, errors = encode_images(
-        teacher, table, work_dir, batch_size=batch_size, workers=workers, chunk_size=chunk_size
-    )
+    if table.image_members is not None:
+        image_emb, errors = encode_shard_images(teacher, table, work_dir, batch_size=batch_size, workers=workers)
+    else:
+        image_emb, errors = encode_images(
+            teacher, table, work_dir, batch_size=batch_size, workers=workers, chunk_size=chunk_size
+        )
     t1 = time.perf_counter()
     bad = [i for i, e in enumerate(errors) if e]
     if bad:
@@ -171,6 +181,7 @@ def _run_teacher(captions, out_dir, *, model, pretrained, model_config, batch_si
         caption_texts=[t for t, k in zip(table.captions, keep_cap) if k],
         caption_emb=caption_emb[keep_cap],
         meta=meta,
+        dtype=cache_dtype,
     )
     shutil.rmtree(work_dir, ignore_errors=True)
     log.info("wrote %s: %d images (%.1f s), %d captions (%.1f s), dim %d",
@@ -194,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--chunk-size", type=int, default=8192, help="rows per resumable chunk")
     p.add_argument("--work-dir", default=None, help="where finished chunks are kept (default: <out-dir>.work)")
+    p.add_argument("--cache-dtype", choices=["float32", "float16"], default="float32",
+                   help="storage of the cached embeddings (float16: half the size, for 1M-pair sets)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads on CPU (default 0: the cores left free by the decode workers)")
     return p
@@ -215,5 +228,6 @@ def main(argv: list[str] | None = None) -> int:
         chunk_size=args.chunk_size,
         work_dir=args.work_dir,
         threads=args.threads,
+        cache_dtype=args.cache_dtype,
     )
     return 0
