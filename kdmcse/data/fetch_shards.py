@@ -39,6 +39,7 @@ from kdmcse.io import atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
 
+WIDTH = 5  # img2dataset's oom_shard_count default: shard names 00000..99999
 RESIZE_MODES = ("keep_ratio", "center_crop", "border", "no")
 # Settings handed to img2dataset (defaults of the config schema); keep_ratio keeps CLIP's own resize + centre crop
 # the only crop, so the teacher sees what it would see on the original image (at 256 px on the short side).
@@ -136,9 +137,12 @@ def fetch_with_img2dataset(tsv: Path, out_dir: Path, pairs: int, settings: dict[
     job = {"urls_sha256": digest.hexdigest(), "rows": len(urls),
            **{k: settings[k] for k in ("image_size", "resize_mode", "samples_per_shard")}}
     _prepare_out_dir(out_dir, job)
+    n_shards = math.ceil(len(urls) / settings["samples_per_shard"])
+    if not _unfinished(out_dir, n_shards):
+        log.info("all %d shard(s) in %s are finished: nothing to fetch", n_shards, out_dir)
+        return _summary(out_dir, n_shards, pairs, len(urls), settings)
     with atomic_path(url_list, suffix=".parquet.tmp") as tmp:
         pq.write_table(table, tmp)
-    n_shards = math.ceil(len(urls) / settings["samples_per_shard"])
     log.info("img2dataset: %d URL–caption rows -> %d shard(s) of up to %d in %s (%d processes x %d threads)",
              len(urls), n_shards, settings["samples_per_shard"], out_dir, settings["processes"], settings["threads"])
     env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", WANDB_MODE="disabled")
@@ -147,13 +151,23 @@ def fetch_with_img2dataset(tsv: Path, out_dir: Path, pairs: int, settings: dict[
     if proc.returncode != 0:
         raise KdmcseError(f"img2dataset exited with status {proc.returncode} (its output is in the log above); "
                           f"rerun to resume: finished shards in {out_dir} are kept")
-    width = 5  # img2dataset's oom_shard_count default: shard names 00000..99999
-    unfinished = [i for i in range(n_shards) if not (out_dir / f"{i:0{width}d}_stats.json").is_file()
-                  or not (out_dir / f"{i:0{width}d}.tar").is_file()]
+    unfinished = _unfinished(out_dir, n_shards)
     if unfinished:
         raise KdmcseError(f"img2dataset did not finish {len(unfinished)} of {n_shards} shard(s) (e.g. "
-                          f"{unfinished[0]:0{width}d}); rerun to retry them, finished shards are kept")
+                          f"{unfinished[0]:0{WIDTH}d}); rerun to retry them, finished shards are kept")
     url_list.unlink(missing_ok=True)
+    return _summary(out_dir, n_shards, pairs, len(urls), settings)
+
+
+def _unfinished(out_dir: Path, n_shards: int) -> list[int]:
+    """Shards without their tar or their _stats.json (img2dataset writes the stats last)."""
+    return [i for i in range(n_shards) if not (out_dir / f"{i:0{WIDTH}d}_stats.json").is_file()
+            or not (out_dir / f"{i:0{WIDTH}d}.tar").is_file()]
+
+
+def _summary(out_dir: Path, n_shards: int, pairs: int, rows: int, settings: dict[str, Any]) -> dict[str, Any]:
+    """Manifest fields of finished shards: their names and img2dataset's counts."""
+    width = WIDTH
     shards, totals = [], {"count": 0, "successes": 0, "failed_to_download": 0, "failed_to_resize": 0}
     for i in range(n_shards):
         stats = json.loads((out_dir / f"{i:0{width}d}_stats.json").read_text(encoding="utf-8"))
@@ -170,7 +184,7 @@ def fetch_with_img2dataset(tsv: Path, out_dir: Path, pairs: int, settings: dict[
         version = md.version("img2dataset")
     except Exception:  # noqa: BLE001 - the version is informational
         version = "unknown"
-    return {"source": "img2dataset", "pairs_requested": pairs, "rows": len(urls), "totals": totals,
+    return {"source": "img2dataset", "pairs_requested": pairs, "rows": rows, "totals": totals,
             "img2dataset": {"version": version, **settings}, "shards": shards}
 
 

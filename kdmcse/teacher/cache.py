@@ -106,7 +106,8 @@ def _write_npy(path: Path, emb: np.ndarray, dtype: str = "<f4") -> None:
 
 def _storage(out_dir: Path, emb: np.ndarray, dtype: str, what: str) -> np.ndarray:
     """`emb` in the storage dtype; float16 must not overflow (|x| > 65504 would become inf)."""
-    stored = np.asarray(emb, dtype=dtype)
+    with np.errstate(over="ignore"):  # overflow is reported below, as an error
+        stored = np.asarray(emb, dtype=dtype)
     if dtype == "<f2":
         for start in range(0, len(stored), _HASH_ROWS):
             if not np.isfinite(stored[start : start + _HASH_ROWS]).all():
