@@ -140,7 +140,7 @@ def encode_shard_images(
         dataset = ShardImages(pending, teacher.preprocess, input_shape, batch_size)
         n_workers = min(workers, len(pending))
         loader = DataLoader(dataset, batch_size=None, num_workers=n_workers,
-                            pin_memory=teacher.device.type == "cuda", prefetch_factor=2 if n_workers else None)
+                            pin_memory=teacher.device.type == "cuda", prefetch_factor=4 if n_workers else None)
         by_index = {t.index: t for t in pending}
         buf: dict[int, list[tuple[np.ndarray, np.ndarray, list[str]]]] = {}
         with torch.inference_mode(), work.tqdm_bar(sum(len(t.rows) for t in pending), "images") as bar:
