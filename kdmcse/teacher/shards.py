@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
 from kdmcse.data.shards import HashingReader
 from kdmcse.errors import KdmcseError
@@ -92,7 +92,8 @@ class ShardImages(IterableDataset):
         errors: list[str] = []
 
         def flush() -> tuple:
-            out = ("batch", task.index, torch.tensor(pos, dtype=torch.int64), torch.stack(pixels), list(errors))
+            # default_collate stacks straight into shared memory in a worker: no extra copy on the way out
+            out = ("batch", task.index, torch.tensor(pos, dtype=torch.int64), default_collate(pixels), list(errors))
             pos.clear(), pixels.clear(), errors.clear()
             return out
 
