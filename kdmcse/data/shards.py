@@ -116,13 +116,18 @@ def manifest_shards(manifest: dict[str, Any]) -> list[tuple[Path, Path | None]]:
 
 @dataclass
 class ShardScan:
-    """What one pass over a shard found: its checksum and, per sample key, its members and caption."""
+    """What one pass over a shard found: its checksum and, per sample key, its image member and caption."""
 
     path: Path
     sha256: str
     size: int
-    members: dict[str, dict[str, str]] = field(default_factory=dict)  # key -> extension -> member name
+    images: dict[str, str] = field(default_factory=dict)  # key -> image member name (first of IMAGE_EXTENSIONS)
     captions: dict[str, str] = field(default_factory=dict)  # key -> text of its .txt member
+
+
+def _rank(member: str) -> int:
+    """Preference of an image member when a sample has several (jpg first)."""
+    return IMAGE_EXTENSIONS.index(str(split_member(member)[1]).lower())
 
 
 def scan_shard(path: Path) -> ShardScan:
@@ -138,8 +143,11 @@ def scan_shard(path: Path) -> ShardScan:
                     key, ext = split_member(member.name)
                     if key is None:
                         continue
-                    scan.members.setdefault(key, {})[ext.lower()] = member.name
-                    if ext.lower() == CAPTION_EXTENSION:
+                    ext = ext.lower()
+                    if ext in IMAGE_EXTENSIONS:
+                        if key not in scan.images or _rank(member.name) < _rank(scan.images[key]):
+                            scan.images[key] = member.name
+                    elif ext == CAPTION_EXTENSION:
                         f = tar.extractfile(member)
                         scan.captions[key] = f.read().decode("utf-8", errors="replace").strip() if f else ""
             reader.drain()
@@ -150,20 +158,13 @@ def scan_shard(path: Path) -> ShardScan:
     return scan
 
 
-def image_member(members: dict[str, str]) -> str | None:
-    for ext in IMAGE_EXTENSIONS:
-        if ext in members:
-            return members[ext]
-    return None
-
-
 def listed_keys(scan: ShardScan, parquet: Path | None) -> list[str]:
     """Keys of the shard's samples, sorted: img2dataset's successes where its parquet is there, else the tar's.
 
     Members are written in download-completion order, so the sort makes the table independent of it.
     """
     if parquet is None or not parquet.is_file():
-        return sorted(k for k, m in scan.members.items() if image_member(m) is not None)
+        return sorted(scan.images)
     try:
         names = pq.read_schema(parquet).names
         cols = ["key", "status"] if "status" in names else ["key"]
@@ -188,8 +189,7 @@ def shard_rows(scan: ShardScan, parquet: Path | None) -> ShardRows:
     """The listed samples of one shard with their image member and caption; a listed member that is absent fails."""
     rows = ShardRows([], [], [])
     for key in listed_keys(scan, parquet):
-        found = scan.members.get(key, {})
-        member = image_member(found)
+        member = scan.images.get(key)
         if member is None:
             raise KdmcseError(
                 f"shard {scan.path}: sample {key!r} is listed{' in ' + str(parquet) if parquet else ''} but has no "
