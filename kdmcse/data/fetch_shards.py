@@ -88,11 +88,11 @@ def img2dataset_command(url_list: Path, out_dir: Path, settings: dict[str, Any])
 
 
 def _check_img2dataset() -> None:
-    try:
-        import img2dataset  # noqa: F401
-    except ImportError as exc:
+    import importlib.util
+
+    if importlib.util.find_spec("img2dataset") is None:  # found, not imported: it runs in a child process
         raise KdmcseError("img2dataset is not installed; `pip install 'kdmcse[cc1m]'` (or `pip install img2dataset`), "
-                          "or pass shards made elsewhere with --from DIR") from exc
+                          "or pass shards made elsewhere with --from DIR")
 
 
 def _prepare_out_dir(out_dir: Path, job: dict[str, Any]) -> None:

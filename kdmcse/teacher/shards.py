@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 from kdmcse.data.shards import HashingReader
 from kdmcse.errors import KdmcseError
 from kdmcse.teacher import work
+from kdmcse.teacher.images import _image_size
 from kdmcse.teacher.model import Teacher
 from kdmcse.teacher.table import CaptionTable
 
@@ -130,8 +131,6 @@ def encode_shard_images(
     teacher: Teacher, table: CaptionTable, work_dir: Path, *, batch_size: int, workers: int
 ) -> tuple[np.ndarray, list[str]]:
     """Embeddings [N_img, D] of the table's images (zeros for bad ones) and one error string per image ('' = ok)."""
-    from kdmcse.teacher.images import _image_size
-
     tasks = shard_tasks(table)
     keys = {t.index: np.array([table.image_ids[i] for i in t.rows]) for t in tasks}
     done = {t.index: work.load_chunk(work_dir, CHUNK_KIND, t.index, keys[t.index]) for t in tasks}
