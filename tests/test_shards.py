@@ -277,3 +277,29 @@ def test_float16_refuses_embeddings_that_would_overflow(tmp_path):
     with pytest.raises(KdmcseError, match="overflow float16"):
         write_teacher_cache(tmp_path / "c", **inputs, dtype="float16")
     assert not (tmp_path / "c" / "images.parquet").exists()
+
+
+# ----------------------------------------------------------------------------- bad input, before any download
+
+
+def test_a_malformed_url_list_line_is_named(tmp_path):
+    from kdmcse.data.fetch_shards import read_url_list
+
+    tsv = tmp_path / "list.tsv"
+    tsv.write_text("url\tcaption\nhttp://a/1.jpg\ta dog\nno tab on this line\n")
+    with pytest.raises(KdmcseError, match=r"list.tsv:3: expected `url<TAB>caption`"):
+        read_url_list(tsv, 10)
+    assert read_url_list(tsv, 1) == (["http://a/1.jpg"], ["a dog"])  # header skipped, stops at --pairs
+
+
+def test_missing_img2dataset_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "img2dataset" else real(name, *a))
+    tsv = tmp_path / "list.tsv"
+    tsv.write_text("http://a/1.jpg\ta dog\n")
+    rc = kdmcse_main(["shards", "--manifest", str(tmp_path / "m.json"), "--tsv", str(tsv), "--out-dir",
+                      str(tmp_path / "out")])
+    assert rc == 2 and "pip install 'kdmcse[cc1m]'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "m.json").exists()
