@@ -160,14 +160,19 @@ def throughput(args: argparse.Namespace, tmp: Path) -> None:
     loose, shards = TB.load_caption_table(loose_path), TB.load_caption_table(shard_path)
     best = {k: 0.0 for k in ("loose_loader", "shard_loader", "loose_teacher", "shard_teacher")}
     diff = 0.0
-    for _ in range(args.rounds):
-        best["loose_loader"] = max(best["loose_loader"], loader_rate(loose, teacher, args.workers, args.batch_size))
-        best["shard_loader"] = max(best["shard_loader"], loader_rate(shards, teacher, args.workers, args.batch_size))
-        with torch.inference_mode():
-            r_l, e_l = teacher_rate(loose, teacher, args.workers, args.batch_size, tmp)
-            r_s, e_s = teacher_rate(shards, teacher, args.workers, args.batch_size, tmp)
-        best["loose_teacher"], best["shard_teacher"] = max(best["loose_teacher"], r_l), max(best["shard_teacher"], r_s)
-        diff = max(diff, float(np.abs(e_l - e_s).max()))
+    for r in range(args.rounds):
+        sides = [("loose", loose), ("shard", shards)]
+        if r % 2:  # alternate which side goes first, so neither always meets the same neighbours' load
+            sides.reverse()
+        emb = {}
+        for side, table in sides:
+            rate = loader_rate(table, teacher, args.workers, args.batch_size)
+            best[f"{side}_loader"] = max(best[f"{side}_loader"], rate)
+        for side, table in sides:
+            with torch.inference_mode():
+                rate, emb[side] = teacher_rate(table, teacher, args.workers, args.batch_size, tmp)
+            best[f"{side}_teacher"] = max(best[f"{side}_teacher"], rate)
+        diff = max(diff, float(np.abs(emb["loose"] - emb["shard"]).max()))
     print(f"\n## Teacher images: {args.images} JPEGs ({mb:.1f} MB), model {args.model}, {args.workers} workers, "
           f"batch {args.batch_size}, best of {args.rounds} interleaved rounds (warm page cache)\n")
     print("| path | loose files (img/s) | shards (img/s) | shards / loose |")
