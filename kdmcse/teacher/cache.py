@@ -118,8 +118,12 @@ def _storage(out_dir: Path, emb: np.ndarray, dtype: str, what: str) -> np.ndarra
 
 def _write_parquet(path: Path, table: pa.Table, meta_json: bytes) -> None:
     table = table.replace_schema_metadata({META_KEY: meta_json})
+    # No dictionary or min/max statistics for the embeddings (useless for floats, and for FLOAT16 they made a
+    # 1M-row write take hours), and bounded row groups (the writer keeps a row group's levels in memory).
+    ids = [name for name in table.column_names if name != "emb"]
     with atomic_path(path, suffix=".parquet.tmp") as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", use_dictionary=ids, write_statistics=ids,
+                       row_group_size=_HASH_ROWS)
 
 
 def write_teacher_cache(
