@@ -1,6 +1,7 @@
 # kdmcse: one command from raw data to the paper's tables.
 #   snakemake --cores all results/tables/main.tex           # the paper grid (config/config.yaml)
 #   snakemake --cores all --configfile config/demo.yaml     # the small demo
+#   snakemake --cores all results/tables/scale.tex          # the scale experiment (wiki+flickr/coco/cc1m)
 # Stages (one file each under workflow/rules/): data -> teacher -> train -> evaluate -> report.
 # Every rule calls `python -m kdmcse <stage>`; the library never imports Snakemake.
 
@@ -21,11 +22,14 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
-# Downloads and tables are cheap and need the network or the whole metrics set: run them on the submit host.
+# Downloads and tables need the network or the whole metrics set (and tables are cheap): run them on the
+# submit host. `shards` is img2dataset's download of the image-caption pairs.
 localrules:
     all,
     download,
+    shards,
     report,
+    report_scale,
 
 
 rule all:

@@ -12,6 +12,7 @@ from kdmcse.errors import KdmcseError
 STAGES = {
     "download": "kdmcse.data.download",
     "extract": "kdmcse.data.archive",
+    "shards": "kdmcse.data.fetch_shards",
     "prepare": "kdmcse.data.prepare",
     "teacher": "kdmcse.teacher.run",
     "train": "kdmcse.train.loop",

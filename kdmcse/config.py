@@ -151,7 +151,11 @@ def _check_references(cfg: dict[str, Any]) -> None:
         if ds["pairs"] is not None:
             need("caption corpus", f"datasets.{name}.pairs", ds["pairs"], captions)
     for name, cap in captions.items():
-        if cap["format"] != "demo":
+        if cap["format"] == "shards":
+            if not cap.get("shards_dir") and "annotations" not in cap:
+                raise ConfigError(f"config key 'captions.{name}.annotations': format shards needs the URL-caption "
+                                  "list to fetch (a registry artifact), or shards_dir with ready shards")
+        elif cap["format"] != "demo":
             for field in ("annotations", "images"):
                 if field not in cap:
                     raise ConfigError(f"config key 'captions.{name}.{field}': required for format {cap['format']}")
@@ -170,6 +174,14 @@ def _check_references(cfg: dict[str, Any]) -> None:
         if axis == "threshold":
             for i, v in enumerate(abl["values"]):
                 _check_threshold(f"grid.ablations.threshold.values[{i}]", v, space)
+    scale = cfg["grid"].get("scale")
+    if scale:
+        need("backbone alias", "grid.scale.backbone", scale["backbone"], backbones)
+        for i, d in enumerate(scale["datasets"]):
+            need("dataset", f"grid.scale.datasets[{i}]", d, datasets)
+            if datasets[d]["pairs"] is None:
+                raise ConfigError(f"config key 'grid.scale.datasets[{i}]': dataset {d!r} has no caption corpus "
+                                  "(pairs: null); the scale experiment compares image-caption sets")
     for obj, override in cfg.get("objectives", {}).items():
         if "dataset" in override:
             need("dataset", f"objectives.{obj}.dataset", override["dataset"], datasets)

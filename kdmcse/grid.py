@@ -101,6 +101,16 @@ def ablation_cells(cfg: dict[str, Any], axis: str) -> list[Cell]:
     return _unique(cells)
 
 
+def scale_cells(cfg: dict[str, Any]) -> list[Cell]:
+    """Cells of the scale experiment (`grid.scale`): one configuration at the main setting, per dataset."""
+    scale = cfg["grid"].get("scale")
+    if not scale:
+        return []
+    main = cfg["grid"]["main"]
+    return _unique([make_cell(cfg, d, scale["backbone"], scale["objective"], main["margin"], main["threshold"])
+                    for d in scale["datasets"]])
+
+
 def all_cells(cfg: dict[str, Any]) -> list[Cell]:
     return _unique(main_cells(cfg) + ablation_cells(cfg, "margin") + ablation_cells(cfg, "threshold"))
 

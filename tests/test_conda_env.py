@@ -1,10 +1,12 @@
-"""The conda environment of the rules (`--sdm conda`): its pip step works from where Snakemake copies the file,
-and its pins match pyproject.toml and the versions this test suite runs with."""
+"""The conda environments of the rules (`--sdm conda`): their pip step works from where Snakemake copies the file,
+and their pins match pyproject.toml and, where the suite was installed with them (`.ci/run` sets
+KDMCSE_PINNED_ENV=1), the versions this test suite runs with."""
 
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import os
 import re
 import shutil
 import subprocess
@@ -12,23 +14,26 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV_FILE = ROOT / "envs" / "kdmcse.yaml"
+# env file -> the pyproject extras (beside the core dependencies) it must pin
+ENV_FILES = {"kdmcse.yaml": ["demo"], "shards.yaml": ["demo", "cc1m"]}
 
 
 def pip_lines(env: dict) -> list[str]:
     return [line for dep in env["dependencies"] if isinstance(dep, dict) for line in dep.get("pip", [])]
 
 
-def copy_like_snakemake(workdir: Path) -> Path:
+def copy_like_snakemake(workdir: Path, env_file: Path = ENV_FILE) -> Path:
     """Snakemake creates the environment from a copy at .snakemake/conda/<hash>.yaml of the working directory."""
-    digest = hashlib.md5(ENV_FILE.read_bytes()).hexdigest()
+    digest = hashlib.md5(env_file.read_bytes()).hexdigest()
     target = workdir / ".snakemake" / "conda" / f"{digest}.yaml"
-    target.parent.mkdir(parents=True)
-    shutil.copy(ENV_FILE, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(env_file, target)
     return target
 
 
@@ -45,15 +50,22 @@ def conda_pip_step(env_copy: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_pip_step_runs_from_the_copied_location(tmp_path):
+PINNED = pytest.mark.skipif(
+    os.environ.get("KDMCSE_PINNED_ENV") != "1",
+    reason="installed without the env files' pins as constraints (.ci/run installs with them, KDMCSE_PINNED_ENV=1)")
+
+
+@PINNED  # offline, the dry run can only find the pinned versions among the installed ones
+@pytest.mark.parametrize("env_name", list(ENV_FILES))
+def test_pip_step_runs_from_the_copied_location(env_name, tmp_path):
     # a project folder as a user's clone has it, so that a relative path in the file would find the project
     project = tmp_path / "clone"
     project.mkdir()
     for name in ("pyproject.toml", "README.md", "kdmcse", "envs"):
         (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, project / name)
-    proc = conda_pip_step(copy_like_snakemake(project))
+    proc = conda_pip_step(copy_like_snakemake(project, ROOT / "envs" / env_name))
     assert proc.returncode == 0, (
-        f"pip step of {ENV_FILE.name} fails from .snakemake/conda/ (a relative path, or a pin that differs from "
+        f"pip step of {env_name} fails from .snakemake/conda/ (a relative path, or a pin that differs from "
         f"the installed version: update the pin):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     )
     assert "Would install" not in proc.stdout, proc.stdout  # nothing to install: the pins are what we run with
@@ -71,25 +83,29 @@ def test_pip_step_catches_a_path_relative_to_the_file(tmp_path):
     assert proc.returncode != 0 and ".snakemake" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
 
 
-def test_every_pin_is_exact_installed_and_allowed_by_pyproject():
-    env = yaml.safe_load(ENV_FILE.read_text(encoding="utf-8"))
+def env_pins(env_file: Path) -> dict[str, str]:
     pins = {}
-    for line in pip_lines(env):
+    for line in pip_lines(yaml.safe_load(env_file.read_text(encoding="utf-8"))):
         req = Requirement(line)
         spec = str(req.specifier)
         assert re.fullmatch(r"==[0-9][0-9A-Za-z.+!-]*", spec), f"{line!r}: pin an exact version (name==x.y.z)"
         pins[canonical(req.name)] = spec[2:]
+    return pins
+
+
+@pytest.mark.parametrize("env_name", list(ENV_FILES))
+def test_every_pin_is_exact_and_allowed_by_pyproject(env_name):
+    env_file = ROOT / "envs" / env_name
+    env = yaml.safe_load(env_file.read_text(encoding="utf-8"))
+    pins = env_pins(env_file)
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    wanted = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["demo"]]
-    for req in wanted:
+    extras = [r for extra in ENV_FILES[env_name] for r in project["optional-dependencies"][extra]]
+    for req in map(Requirement, project["dependencies"] + extras):
         name = canonical(req.name)
         if name == "snakemake":  # runs the rules, not inside them
             continue
-        assert name in pins, f"{req.name} (pyproject.toml) is not pinned in {ENV_FILE.name}"
+        assert name in pins, f"{req.name} (pyproject.toml) is not pinned in {env_name}"
         assert req.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} violates {req}"
-    for name, version in pins.items():
-        assert importlib.metadata.version(name) == version, (
-            f"{ENV_FILE.name} pins {name}=={version} but the tests run with {importlib.metadata.version(name)}")
     python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python"))
     assert re.fullmatch(r"python=3\.\d+", python), python
     low = re.search(r">=\s*(\d+\.\d+)", project["requires-python"]).group(1)
@@ -98,3 +114,17 @@ def test_every_pin_is_exact_installed_and_allowed_by_pyproject():
 
 def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_the_shards_env_keeps_the_main_env_pins():
+    main, shards = env_pins(ENV_FILE), env_pins(ROOT / "envs" / "shards.yaml")
+    differ = {k: (v, shards.get(k)) for k, v in main.items() if shards.get(k) != v}
+    assert not differ, f"envs/shards.yaml must pin what envs/kdmcse.yaml pins: {differ}"
+
+
+@PINNED
+@pytest.mark.parametrize("env_name", list(ENV_FILES))
+def test_the_suite_runs_with_the_pinned_versions(env_name):
+    for name, version in env_pins(ROOT / "envs" / env_name).items():
+        assert importlib.metadata.version(name) == version, (
+            f"{env_name} pins {name}=={version} but the tests run with {importlib.metadata.version(name)}")

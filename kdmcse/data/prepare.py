@@ -3,6 +3,8 @@
 `python -m kdmcse prepare wiki --input TXT --out results/corpora/wiki.parquet [--max-lines N]`
 `python -m kdmcse prepare captions --dataset {flickr,coco,demo} [--input FILE] --images-dir DIR --out PARQUET
 [--one-caption-per-image] [--seed S] [--max-images N]`
+`python -m kdmcse prepare captions --dataset shards --input SHARD_MANIFEST --out PARQUET [--max-images N]`
+(webdataset tar shards, read in place: see `kdmcse.data.shards`)
 
 Paper data by default: every caption of every image. Flickr captions that are not strings or are longer
 than 300 characters are dropped, as the paper's feature script did; COCO has no filter.
@@ -339,17 +341,26 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--out", required=True)
     w.add_argument("--max-lines", type=int, help="keep only the first N lines")
     c = sub.add_parser("captions", help="image-caption pairs -> parquet (image_id, image_path, caption_id, caption)")
-    c.add_argument("--dataset", required=True, choices=["flickr", "coco", "demo"])
+    c.add_argument("--dataset", required=True, choices=["flickr", "coco", "demo", "shards"])
     c.add_argument("--input", help="captions file (flickr: nlphuji CSV, captions.txt or .token; "
                                    "coco: captions_train2014.json or the annotations zip; demo: not needed)")
-    c.add_argument("--images-dir", required=True, help="folder holding the image files (demo: written there)")
+    c.add_argument("--images-dir", help="folder holding the image files (demo: written there; shards: not used)")
     c.add_argument("--out", required=True)
     c.add_argument("--one-caption-per-image", action="store_true", help="MCSE's variant: one random caption each")
     c.add_argument("--seed", type=int, default=0, help="seed for --one-caption-per-image")
     c.add_argument("--max-images", type=int, help="keep only the first N images (file order)")
+    c.add_argument("--workers", type=int, default=4, help="shards: shards read in parallel")
     args = ap.parse_args(argv)
     if args.what == "wiki":
         prepare_wiki(args.input, args.out, args.max_lines)
+    elif args.dataset == "shards":
+        from kdmcse.data.shards import prepare_shard_captions
+
+        if args.input is None:
+            raise KdmcseError("prepare captions --dataset shards needs --input (the shard manifest)")
+        prepare_shard_captions(args.input, args.out, max_images=args.max_images, workers=args.workers)
+    elif args.images_dir is None:
+        raise KdmcseError(f"prepare captions --dataset {args.dataset} needs --images-dir")
     else:
         prepare_captions(args.dataset, args.input, args.images_dir, args.out,
                          one_caption_per_image=args.one_caption_per_image, seed=args.seed,

@@ -1,5 +1,7 @@
 """`python -m kdmcse report`: the paper's tables and plots, rebuilt from metrics JSON files only.
 
+`python -m kdmcse report scale …` writes the scale experiment's table and plot instead (`kdmcse.report.scale`).
+
 Every input is read and checked before anything is written, so a bad file leaves the previous outputs intact;
 each output is then written atomically.
 """
@@ -37,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv and argv[0] == "scale":  # `report scale …`: the scale experiment's own table and plot
+        from kdmcse.report.scale import main as scale_main
+
+        return scale_main(argv[1:])
     args = build_parser().parse_args(argv)
     note = args.caption_note.strip()
     # Read and validate everything first.

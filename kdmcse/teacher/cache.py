@@ -4,8 +4,12 @@ Layout of a cache folder (written by `write_teacher_cache`, read by `open_teache
 
 - `images.parquet`   image_id string, emb fixed_size_list<float32>[D]
 - `captions.parquet` caption_id int64, image_id string, text_sha256 string, emb fixed_size_list<float32>[D]
-- `image_emb.npy`, `caption_emb.npy`: the same embeddings as plain float32 `.npy` files, row for row, so training
-  memory-maps a COCO-sized cache (414k x 768) in well under a second instead of decoding Parquet.
+- `image_emb.npy`, `caption_emb.npy`: the same embeddings as plain `.npy` files, row for row, so training
+  memory-maps a COCO-sized cache (414k x 768) in well under a second instead of decoding Parquet, and a 1M-row
+  cache without reading it into memory.
+
+Embeddings are stored as float32 (the default) or float16 (`dtype="float16"`, metadata `emb_dtype`; Parquet's
+FLOAT16 type): 1M x 768 is then about 1.5 GB per table instead of 3 GB. Training casts each batch's rows to float32.
 
 Both Parquet files carry the same JSON metadata under the schema metadata key `kdmcse.teacher`. It holds a
 `content_sha256` over all ids and embeddings and a fingerprint of each `.npy`, so files left over from another run
@@ -44,6 +48,8 @@ CACHE_FILES = (IMAGES_PARQUET, CAPTIONS_PARQUET, IMAGE_NPY, CAPTION_NPY)
 FINITE_BLOCK_ROWS = 1 << 16  # rows per block of the finiteness pass (bounds its memory on a COCO-sized cache)
 # `expect` keys that name a metadata entry under another name
 _EXPECT_ALIASES = {"dim": "dim", "D": "dim", "captions_sha": "captions_sha256"}
+EMB_DTYPES = {"float32": "<f4", "float16": "<f2"}  # storage dtype -> little-endian numpy dtype
+_HASH_ROWS = 65536  # rows hashed per block: no full-size temporary copy of a 1M-row table
 
 
 @dataclass
@@ -51,8 +57,8 @@ class TeacherCache:
     """An opened cache; embeddings are read-only memory maps, ids are small in-memory arrays."""
 
     path: Path
-    image_emb: np.ndarray  # [N_img, D] float32, memory-mapped
-    caption_emb: np.ndarray  # [N_cap, D] float32, memory-mapped
+    image_emb: np.ndarray  # [N_img, D] float32 or float16 (meta emb_dtype), memory-mapped
+    caption_emb: np.ndarray  # [N_cap, D] float32 or float16, memory-mapped
     caption_ids: np.ndarray  # [N_cap] int64
     caption_image_row: np.ndarray  # [N_cap] int64, row of image_emb for each caption
     meta: dict[str, Any]
@@ -67,12 +73,12 @@ def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _row_fingerprint(emb: np.ndarray) -> str:
+def _row_fingerprint(emb: np.ndarray, dtype: str = "<f4") -> str:
     """Hash of the shape and the first and last rows: cheap to check on open, catches a stale `.npy`."""
     h = hashlib.sha256(json.dumps(list(emb.shape)).encode())
     if len(emb):
-        h.update(np.ascontiguousarray(emb[0], dtype="<f4").tobytes())
-        h.update(np.ascontiguousarray(emb[-1], dtype="<f4").tobytes())
+        h.update(np.ascontiguousarray(emb[0], dtype=dtype).tobytes())
+        h.update(np.ascontiguousarray(emb[-1], dtype=dtype).tobytes())
     return h.hexdigest()
 
 
@@ -90,31 +96,53 @@ def first_non_finite_row(emb: np.ndarray) -> int | None:
     return None
 
 
-def _content_sha256(image_ids, image_emb, caption_ids, caption_image_ids, caption_emb) -> str:
+def _hash_rows(h: Any, emb: np.ndarray, dtype: str) -> None:
+    for start in range(0, len(emb), _HASH_ROWS):
+        h.update(np.ascontiguousarray(emb[start : start + _HASH_ROWS], dtype=dtype).data)
+
+
+def _content_sha256(image_ids, image_emb, caption_ids, caption_image_ids, caption_emb, dtype: str = "<f4") -> str:
     h = hashlib.sha256()
     h.update("\n".join(image_ids).encode("utf-8"))
-    h.update(np.ascontiguousarray(image_emb, dtype="<f4").tobytes())
+    _hash_rows(h, image_emb, dtype)
     h.update(np.ascontiguousarray(caption_ids, dtype="<i8").tobytes())
     h.update("\n".join(caption_image_ids).encode("utf-8"))
-    h.update(np.ascontiguousarray(caption_emb, dtype="<f4").tobytes())
+    _hash_rows(h, caption_emb, dtype)
     return h.hexdigest()
 
 
-def _emb_array(emb: np.ndarray) -> pa.FixedSizeListArray:
-    flat = pa.array(np.ascontiguousarray(emb, dtype=np.float32).reshape(-1), type=pa.float32())
+def _emb_array(emb: np.ndarray, dtype: str = "<f4") -> pa.FixedSizeListArray:
+    arrow_type = pa.float16() if dtype == "<f2" else pa.float32()
+    flat = pa.array(np.ascontiguousarray(emb, dtype=dtype).reshape(-1), type=arrow_type)
     return pa.FixedSizeListArray.from_arrays(flat, emb.shape[1])
 
 
-def _write_npy(path: Path, emb: np.ndarray) -> None:
+def _write_npy(path: Path, emb: np.ndarray, dtype: str = "<f4") -> None:
     with atomic_path(path, suffix=".npy.tmp") as tmp:
         with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(emb, dtype="<f4"))
+            np.save(f, np.ascontiguousarray(emb, dtype=dtype))
+
+
+def _storage(out_dir: Path, emb: np.ndarray, dtype: str, what: str) -> np.ndarray:
+    """`emb` in the storage dtype; float16 must not overflow (|x| > 65504 would become inf)."""
+    with np.errstate(over="ignore"):  # overflow is reported below, as an error
+        stored = np.asarray(emb, dtype=dtype)
+    if dtype == "<f2":
+        for start in range(0, len(stored), _HASH_ROWS):
+            if not np.isfinite(stored[start : start + _HASH_ROWS]).all():
+                raise KdmcseError(f"teacher cache {out_dir}: {what} embeddings overflow float16; store this cache "
+                                  "as float32 (--cache-dtype float32)")
+    return stored
 
 
 def _write_parquet(path: Path, table: pa.Table, meta_json: bytes) -> None:
     table = table.replace_schema_metadata({META_KEY: meta_json})
+    # No dictionary or min/max statistics for the embeddings (useless for floats, and for FLOAT16 they made a
+    # 1M-row write take hours), and bounded row groups (the writer keeps a row group's levels in memory).
+    ids = [name for name in table.column_names if name != "emb"]
     with atomic_path(path, suffix=".parquet.tmp") as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", use_dictionary=ids, write_statistics=ids,
+                       row_group_size=_HASH_ROWS)
 
 
 def write_teacher_cache(
@@ -127,8 +155,12 @@ def write_teacher_cache(
     caption_texts: Sequence[str],
     caption_emb: np.ndarray,
     meta: Mapping[str, Any],
+    dtype: str = "float32",
 ) -> dict[str, Any]:
     """Write a cache folder (every file atomically) and return the metadata stored in it.
+
+    `dtype` is the storage of the embeddings: float32 or float16 (inputs are converted; float16 refuses values
+    that would overflow to inf).
 
     `meta` is the caller's description (model, pretrained tag, captions_sha256, …); dimensions, counts, format
     version and the fingerprints are added here. Inconsistent inputs raise `KdmcseError` before anything is written.
@@ -137,8 +169,9 @@ def write_teacher_cache(
     image_ids = [str(i) for i in image_ids]
     caption_image_ids = [str(i) for i in caption_image_ids]
     caption_ids = np.asarray(caption_ids, dtype=np.int64)
-    image_emb = np.asarray(image_emb, dtype=np.float32)
-    caption_emb = np.asarray(caption_emb, dtype=np.float32)
+    # no float32 copy of float16 input (a 1M-row float16 table stays 1.5 GB); `_storage` converts below
+    image_emb, caption_emb = (e if e.dtype.kind == "f" else e.astype(np.float32)
+                              for e in (np.asarray(image_emb), np.asarray(caption_emb)))
 
     if image_emb.ndim != 2 or caption_emb.ndim != 2 or image_emb.shape[1] != caption_emb.shape[1]:
         raise KdmcseError(
@@ -162,6 +195,11 @@ def write_teacher_cache(
         raise KdmcseError(
             f"teacher cache {out_dir}: {len(missing)} caption image_id(s) have no image row, e.g. {missing[:3]}"
         )
+    if dtype not in EMB_DTYPES:
+        raise KdmcseError(f"teacher cache {out_dir}: storage dtype {dtype!r} is not one of {', '.join(EMB_DTYPES)}")
+    npy_dtype = EMB_DTYPES[dtype]
+    image_emb = _storage(out_dir, image_emb, npy_dtype, "image")
+    caption_emb = _storage(out_dir, caption_emb, npy_dtype, "caption")
     if "dim" in meta and int(meta["dim"]) != dim:
         raise KdmcseError(f"teacher cache {out_dir}: meta says dim={meta['dim']} but embeddings have {dim}")
     for what, emb, ids in (("image", image_emb, image_ids), ("caption", caption_emb, caption_ids)):
@@ -178,26 +216,28 @@ def write_teacher_cache(
         dim=dim,
         n_images=n_img,
         n_captions=n_cap,
-        npy_fingerprints={IMAGE_NPY: _row_fingerprint(image_emb), CAPTION_NPY: _row_fingerprint(caption_emb)},
-        content_sha256=_content_sha256(image_ids, image_emb, caption_ids, caption_image_ids, caption_emb),
+        emb_dtype=dtype,
+        npy_fingerprints={IMAGE_NPY: _row_fingerprint(image_emb, npy_dtype),
+                          CAPTION_NPY: _row_fingerprint(caption_emb, npy_dtype)},
+        content_sha256=_content_sha256(image_ids, image_emb, caption_ids, caption_image_ids, caption_emb, npy_dtype),
     )
     meta_json = json.dumps(full_meta, sort_keys=True).encode("utf-8")
 
     images = pa.table(
-        {"image_id": pa.array(image_ids, type=pa.string()), "emb": _emb_array(image_emb)}
+        {"image_id": pa.array(image_ids, type=pa.string()), "emb": _emb_array(image_emb, npy_dtype)}
     )
     captions = pa.table(
         {
             "caption_id": pa.array(caption_ids, type=pa.int64()),
             "image_id": pa.array(caption_image_ids, type=pa.string()),
             "text_sha256": pa.array([text_sha256(t) for t in caption_texts], type=pa.string()),
-            "emb": _emb_array(caption_emb),
+            "emb": _emb_array(caption_emb, npy_dtype),
         }
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     # The .npy files first, the Parquet files (which carry the fingerprints) last.
-    _write_npy(out_dir / IMAGE_NPY, image_emb)
-    _write_npy(out_dir / CAPTION_NPY, caption_emb)
+    _write_npy(out_dir / IMAGE_NPY, image_emb, npy_dtype)
+    _write_npy(out_dir / CAPTION_NPY, caption_emb, npy_dtype)
     _write_parquet(out_dir / CAPTIONS_PARQUET, captions, meta_json)
     _write_parquet(out_dir / IMAGES_PARQUET, images, meta_json)
     return full_meta
@@ -222,17 +262,17 @@ def _parquet_meta(file: Path) -> dict[str, Any]:
     return json.loads(raw)
 
 
-def _open_npy(file: Path, rows: int, dim: int, fingerprint: str | None) -> np.ndarray:
+def _open_npy(file: Path, rows: int, dim: int, fingerprint: str | None, dtype: str = "float32") -> np.ndarray:
     try:
         emb = np.load(file, mmap_mode="r")
     except (OSError, ValueError) as exc:
         raise KdmcseError(f"teacher cache file {file} is unreadable or truncated ({exc}); rebuild the cache") from exc
-    if emb.dtype != np.float32 or emb.shape != (rows, dim):
+    if dtype not in EMB_DTYPES or emb.dtype != np.dtype(EMB_DTYPES[dtype]) or emb.shape != (rows, dim):
         raise KdmcseError(
-            f"teacher cache file {file} holds {emb.dtype} {emb.shape}, but the metadata says float32 ({rows}, {dim}); "
+            f"teacher cache file {file} holds {emb.dtype} {emb.shape}, but the metadata says {dtype} ({rows}, {dim}); "
             "the folder mixes files of different runs: rebuild the cache"
         )
-    if fingerprint is not None and _row_fingerprint(emb) != fingerprint:
+    if fingerprint is not None and _row_fingerprint(emb, EMB_DTYPES[dtype]) != fingerprint:
         raise KdmcseError(
             f"teacher cache file {file} does not belong to the Parquet files beside it (fingerprint mismatch); "
             "the folder mixes files of different runs: rebuild the cache"
@@ -303,8 +343,9 @@ def open_teacher_cache(path: str | os.PathLike[str], expect: Mapping[str, Any] |
         )
 
     fingerprints = meta.get("npy_fingerprints", {})
-    image_emb = _open_npy(path / IMAGE_NPY, n_img, dim, fingerprints.get(IMAGE_NPY))
-    caption_emb = _open_npy(path / CAPTION_NPY, n_cap, dim, fingerprints.get(CAPTION_NPY))
+    dtype = str(meta.get("emb_dtype", "float32"))  # caches written before the option are float32
+    image_emb = _open_npy(path / IMAGE_NPY, n_img, dim, fingerprints.get(IMAGE_NPY), dtype)
+    caption_emb = _open_npy(path / CAPTION_NPY, n_cap, dim, fingerprints.get(CAPTION_NPY), dtype)
     for name, emb in ((IMAGE_NPY, image_emb), (CAPTION_NPY, caption_emb)):
         row = first_non_finite_row(emb)
         if row is not None:

@@ -3,7 +3,7 @@
     python -m kdmcse teacher --captions results/corpora/captions_<name>.parquet --out-dir DIR
            --model ViT-L-14 --pretrained openai [--model-config JSON] [--batch-size 256] [--workers N]
            [--precision auto|fp32|bf16|fp16] [--skip-bad-images] [--device auto] [--chunk-size N] [--work-dir DIR]
-           [--threads N]
+           [--threads N] [--cache-dtype float32|float16]
 
 Embeddings are the projected CLIP features *before* L2 normalisation, like the features the paper trained on.
 Images go through CLIP's deterministic eval transform, decoded by DataLoader worker processes (by default one
@@ -11,7 +11,9 @@ per thread the job may use, less one for the process that feeds the GPU) into pi
 waits; each image is encoded once however many captions it has. On CUDA the default precision is fp16 autocast,
 as the released feature extraction ran CLIP in half precision. Captions are tokenized by open_clip (truncated to
 the context length), sorted by length within a chunk and encoded with the padding beyond the longest caption of the
-batch cut off (exact for causal CLIP text towers, and much faster than 77 tokens).
+batch cut off (exact for causal CLIP text towers, and much faster than 77 tokens). A shard caption table (one
+with a `member` column, from `prepare captions --dataset shards`) is streamed from its tar shards instead, one
+shard per worker at a time, and resumes per shard (`kdmcse.teacher.shards`).
 
 The work is split into chunks; every finished chunk is saved atomically in a work folder (default `<out-dir>.work`,
 outside the output so a workflow manager that wipes a failed job's outputs keeps it), so a killed job restarts from
@@ -36,6 +38,7 @@ from kdmcse.teacher.cache import write_teacher_cache
 from kdmcse.teacher.captions import encode_captions
 from kdmcse.teacher.images import encode_images
 from kdmcse.teacher.model import PRECISION_CHOICES, load_teacher
+from kdmcse.teacher.shards import encode_shard_images
 from kdmcse.teacher.table import load_caption_table
 from kdmcse.teacher.work import WORK_FORMAT, prepare_work_dir
 
@@ -87,8 +90,11 @@ def run_teacher(
     chunk_size: int = 8192,
     work_dir: str | os.PathLike[str] | None = None,
     threads: int = 0,
+    cache_dtype: str = "float32",
 ) -> dict[str, Any]:
     """Build the teacher cache in `out_dir`; returns its metadata plus timings (`seconds`).
+
+    `cache_dtype` = storage of the cached embeddings (float16 halves a 1M-pair cache; they are computed in fp32).
 
     `threads` = the threads the job may use (0 = every core it has): torch threads on CPU and, with `workers` -1,
     the number of decode workers (`decode_workers`); the caller's torch setting is restored.
@@ -101,13 +107,13 @@ def run_teacher(
         return _run_teacher(captions, out_dir, model=model, pretrained=pretrained, model_config=model_config,
                             batch_size=batch_size, workers=workers, precision=precision,
                             skip_bad_images=skip_bad_images, device=device, chunk_size=chunk_size,
-                            work_dir=work_dir, threads=threads)
+                            work_dir=work_dir, threads=threads, cache_dtype=cache_dtype)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _run_teacher(captions, out_dir, *, model, pretrained, model_config, batch_size, workers, precision,
-                 skip_bad_images, device, chunk_size, work_dir, threads) -> dict[str, Any]:
+                 skip_bad_images, device, chunk_size, work_dir, threads, cache_dtype) -> dict[str, Any]:
     out_dir = Path(out_dir)
     work_dir = Path(work_dir) if work_dir is not None else out_dir.with_name(out_dir.name + ".work")
     table = load_caption_table(captions)
@@ -145,9 +151,12 @@ def _run_teacher(captions, out_dir, *, model, pretrained, model_config, batch_si
              batch_size, workers, torch.get_num_threads())
 
     t0 = time.perf_counter()
-    image_emb, errors = encode_images(
-        teacher, table, work_dir, batch_size=batch_size, workers=workers, chunk_size=chunk_size
-    )
+    if table.image_members is not None:
+        image_emb, errors = encode_shard_images(teacher, table, work_dir, batch_size=batch_size, workers=workers)
+    else:
+        image_emb, errors = encode_images(
+            teacher, table, work_dir, batch_size=batch_size, workers=workers, chunk_size=chunk_size
+        )
     t1 = time.perf_counter()
     bad = [i for i, e in enumerate(errors) if e]
     if bad:
@@ -190,6 +199,7 @@ def _run_teacher(captions, out_dir, *, model, pretrained, model_config, batch_si
         caption_texts=[t for t, k in zip(table.captions, keep_cap) if k],
         caption_emb=caption_emb[keep_cap],
         meta=meta,
+        dtype=cache_dtype,
     )
     shutil.rmtree(work_dir, ignore_errors=True)
     log.info("wrote %s: %d images (%.1f s), %d captions (%.1f s), dim %d",
@@ -215,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--chunk-size", type=int, default=8192, help="rows per resumable chunk")
     p.add_argument("--work-dir", default=None, help="where finished chunks are kept (default: <out-dir>.work)")
+    p.add_argument("--cache-dtype", choices=["float32", "float16"], default="float32",
+                   help="storage of the cached embeddings (float16: half the size, for 1M-pair sets)")
     p.add_argument("--threads", type=int, default=0,
                    help="threads the job may use (default 0: every core it has): torch threads on CPU, decode workers")
     return p
@@ -236,5 +248,6 @@ def main(argv: list[str] | None = None) -> int:
         chunk_size=args.chunk_size,
         work_dir=args.work_dir,
         threads=args.threads,
+        cache_dtype=args.cache_dtype,
     )
     return 0

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from kdmcse.data.shards import read_shard_meta
 from kdmcse.errors import KdmcseError
 from kdmcse.io import sha256_file
 
@@ -26,8 +28,9 @@ class CaptionTable:
     captions: list[str]
     caption_image_ids: list[str]
     image_ids: list[str]  # unique, order of first appearance
-    image_paths: list[str]
-
+    image_paths: list[str]  # the image file, or for a shard table the tar shard holding the image
+    image_members: list[str] | None = None  # shard tables: each image's member name inside its shard
+    shard_meta: dict[str, dict[str, Any]] = field(default_factory=dict)  # shard -> {sha256, size, members}
 
 
 def load_caption_table(path: str | os.PathLike[str]) -> CaptionTable:
@@ -55,14 +58,20 @@ def load_caption_table(path: str | os.PathLike[str]) -> CaptionTable:
         raise KdmcseError(f"caption table {path}: caption_id values are not unique")
     caption_image_ids = table.column("image_id").to_pylist()
     paths = table.column("image_path").to_pylist()
-    first_path: dict[str, str] = {}
-    for image_id, image_path in zip(caption_image_ids, paths):
-        seen = first_path.setdefault(image_id, image_path)
-        if seen != image_path:
+    # shard tables also name each image's member inside its shard (image_path): the pair identifies the image
+    has_member = "member" in table.column_names
+    if has_member and (not pa.types.is_string(table.schema.field("member").type) or table.column("member").null_count):
+        raise KdmcseError(f"caption table {path}: column 'member' must be strings without nulls")
+    locations = list(zip(paths, table.column("member").to_pylist())) if has_member else paths
+    first_path: dict[str, Any] = {}
+    for image_id, location in zip(caption_image_ids, locations):
+        seen = first_path.setdefault(image_id, location)
+        if seen != location:
             raise KdmcseError(
-                f"caption table {path}: image_id {image_id!r} has two image paths ({seen!r}, {image_path!r}); "
+                f"caption table {path}: image_id {image_id!r} has two image paths ({seen!r}, {location!r}); "
                 "each image_id must name one file"
             )
+    firsts = list(first_path.values())
     return CaptionTable(
         path=path,
         sha256=sha256_file(path),
@@ -70,5 +79,7 @@ def load_caption_table(path: str | os.PathLike[str]) -> CaptionTable:
         captions=table.column("caption").to_pylist(),
         caption_image_ids=caption_image_ids,
         image_ids=list(first_path),
-        image_paths=list(first_path.values()),
+        image_paths=[loc[0] for loc in firsts] if has_member else firsts,
+        image_members=[loc[1] for loc in firsts] if has_member else None,
+        shard_meta=read_shard_meta(table.schema.metadata) if has_member else {},
     )

@@ -15,6 +15,7 @@ from kdmcse.grid import (
     main_cells,
     parse_threshold,
     run_config,
+    scale_cells,
     transfer_cells,
 )
 
@@ -148,6 +149,8 @@ def captions_inputs(w):
     cap = caption_corpus(w.pairs)
     if cap["format"] == "demo":
         return {}
+    if cap["format"] == "shards":
+        return {"shards": shard_manifest(w.pairs)}
     return {"annotations": download_path(cap["annotations"]), "images": extracted(cap["images"])}
 
 
@@ -162,14 +165,60 @@ def images_dir(name):
 
 def prepare_captions_args(w, input):
     cap = caption_corpus(w.pairs)
-    args = ["--dataset", cap["format"], "--images-dir", images_dir(w.pairs)]
-    if cap["format"] != "demo":
+    if cap["format"] == "shards":
+        args = ["--dataset", "shards", "--input", input.shards]
+    else:
+        args = ["--dataset", cap["format"], "--images-dir", images_dir(w.pairs)]
+    if cap["format"] not in ("demo", "shards"):
         args += ["--input", input.annotations]
     if cap.get("one_caption_per_image"):
         args += ["--one-caption-per-image", "--seed", str(cap.get("seed", 0))]
     if cap.get("max_images"):
         args += ["--max-images", str(cap["max_images"])]
     return " ".join(map(shlex_quote, args))
+
+
+# --- shard stage helpers (webdataset shards of image-caption pairs)
+
+def shard_manifest(name):
+    return f"resources/shards/{name}.json"
+
+
+def ready_shards(name):
+    """A folder of shards made elsewhere: captions.<name>.shards_dir, else <mirror>/shards/<name> if it exists."""
+    cap = caption_corpus(name)
+    if cap.get("shards_dir"):
+        return cap["shards_dir"]
+    mirror = config["sources"].get("mirror")
+    if mirror and "://" not in mirror:
+        folder = Path(mirror) / "shards" / name
+        if folder.is_dir() and any(folder.glob("*.tar")):
+            return str(folder)
+    return None
+
+
+def shards_inputs(w):
+    cap = caption_corpus(w.pairs)
+    if cap["format"] != "shards":
+        raise ValueError(f"caption corpus {w.pairs!r} has format {cap['format']!r}, not shards")
+    return {} if ready_shards(w.pairs) else {"tsv": download_path(cap["annotations"])}
+
+
+def shards_args(w, input):
+    folder = ready_shards(w.pairs)
+    if folder:
+        return f"--from {shlex_quote(folder)}"
+    cap = caption_corpus(w.pairs)
+    settings = cap.get("img2dataset", {})
+    args = ["--tsv", input.tsv, "--out-dir", f"resources/shards/{w.pairs}", "--pairs", cap.get("pairs", 1000000)]
+    for key in ("image_size", "resize_mode", "samples_per_shard", "processes", "threads", "timeout", "retries"):
+        if key in settings:
+            args += [f"--{key.replace('_', '-')}", settings[key]]
+    return " ".join(map(shlex_quote, args))
+
+
+def shard_processes(w):
+    return int(caption_corpus(w.pairs).get("img2dataset", {}).get("processes", 4))
 
 
 # --- teacher stage helpers
@@ -188,7 +237,9 @@ def teacher_model_config_sha256(name):
 def teacher_inputs(w):
     inputs = {"captions": f"results/corpora/captions_{w.pairs}.parquet"}
     cap = caption_corpus(w.pairs)
-    if cap["format"] != "demo":
+    if cap["format"] == "shards":
+        inputs["shards"] = shard_manifest(w.pairs)
+    elif cap["format"] != "demo":
         inputs["images"] = extracted(cap["images"])
     return inputs
 
@@ -201,6 +252,9 @@ def teacher_args(w):
         args += ["--model-config", t["model_config"]]
     if config["teacher_skip_bad_images"]:
         args += ["--skip-bad-images"]
+    dtype = caption_corpus(w.pairs).get("cache_dtype", "float32")
+    if dtype != "float32":  # only then, so the flags (a rerun trigger) of float32 caches stay as they were
+        args += ["--cache-dtype", dtype]
     return " ".join(map(shlex_quote, args))
 
 

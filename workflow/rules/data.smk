@@ -40,6 +40,26 @@ rule extract:
         "python -m kdmcse extract --archive {input:q} --dest {output:q} {params.limit} 2> {log:q}"
 
 
+rule shards:
+    input:
+        unpack(shards_inputs),
+    output:
+        "resources/shards/{pairs}.json",
+    log:
+        "logs/shards/{pairs}.log",
+    benchmark:
+        "results/benchmarks/shards/{pairs}.tsv"
+    params:
+        args=lambda w, input: shards_args(w, input),
+    threads: shard_processes
+    conda:
+        "../../envs/shards.yaml"
+    shell:
+        # the shards themselves go to resources/shards/{pairs}/ (not a declared output: a failed or killed job
+        # keeps its finished shards and resumes from them)
+        "python -m kdmcse shards --manifest {output:q} {params.args} 2> {log:q}"
+
+
 rule prepare_wiki:
     input:
         download_path(config["wiki"]["source"]),

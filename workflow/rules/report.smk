@@ -58,3 +58,34 @@ rule report:
         "python -m kdmcse report --main {input.main:q} --margin-ablation {input.margin:q} "
         "--threshold-ablation {input.threshold:q} --transfer {input.transfer:q} --paper {params.paper:q} "
         "--tables results/tables --plots results/plots {params.note} 2> {log:q}"
+
+
+# The scale experiment: the same student configuration on caption sets of growing size (grid.scale).
+SCALE_CELLS = scale_cells(config)
+
+
+rule report_scale:
+    input:
+        metrics=metrics_files(SCALE_CELLS, "sts"),
+        corpora=[f"results/corpora/captions_{config['datasets'][c.dataset]['pairs']}.parquet" for c in SCALE_CELLS],
+    output:
+        table=report("results/tables/scale.tex", caption="../report/scale.rst", category="Tables"),
+        table_csv="results/tables/scale.csv",
+        plot_pdf="results/plots/scale.pdf",
+        plot=report("results/plots/scale.png", caption="../report/scale.rst", category="Plots"),
+    log:
+        "logs/report_scale.log",
+    benchmark:
+        "results/benchmarks/report_scale.tsv"
+    params:
+        corpora=lambda w: " ".join(
+            shlex_quote(f"{c.dataset}=results/corpora/captions_{config['datasets'][c.dataset]['pairs']}.parquet")
+            for c in SCALE_CELLS
+        ),
+        note=lambda w: (f"--caption-note {shlex_quote(config['report']['caption_note'])}" if config["report"]["caption_note"] else ""),
+        code=code_version("report", "evaluate/metrics_io"),
+    conda:
+        "../../envs/kdmcse.yaml"
+    shell:
+        "python -m kdmcse report scale --metrics {input.metrics:q} --corpus {params.corpora} "
+        "--tables results/tables --plots results/plots {params.note} 2> {log:q}"
