@@ -71,6 +71,17 @@ def read_json(path: str | os.PathLike[str]) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def recorded_job(job_file: str | os.PathLike[str], job: Any) -> bool | None:
+    """Whether an interrupted run's folder was made for `job`: None when there is no job file,
+    True when it records this very job (resume), False for another job or an unreadable file (start afresh)."""
+    if not Path(job_file).is_file():
+        return None
+    try:
+        return read_json(job_file) == job
+    except ValueError:
+        return False
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file, read in 1 MiB blocks (downloads, caption tables and caches share this)."""
     h = hashlib.sha256()

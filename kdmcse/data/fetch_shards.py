@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from kdmcse.data.shards import MANIFEST_FORMAT, MANIFEST_VERSION, shard_files
 from kdmcse.errors import KdmcseError
-from kdmcse.io import atomic_path, read_json, write_json
+from kdmcse.io import atomic_path, recorded_job, write_json
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +99,8 @@ def _prepare_out_dir(out_dir: Path, job: dict[str, Any]) -> None:
     """Keep the finished shards of an interrupted run of the same job; start afresh for another job."""
     # beside the folder, not in it: img2dataset reads every *.json in its folder as a finished shard's stats
     job_file = out_dir.with_name(out_dir.name + ".job.json")
-    if job_file.is_file():
-        try:
-            same = read_json(job_file) == job
-        except ValueError:
-            same = False
+    same = recorded_job(job_file, job)
+    if same is not None:
         if same:
             done = len(list(out_dir.glob("*_stats.json")))
             log.info("resuming in %s (%d finished shard(s))", out_dir, done)

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from kdmcse.io import atomic_path, read_json, write_json
+from kdmcse.io import atomic_path, recorded_job, write_json
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,8 @@ def load_chunk(work_dir: Path, kind: str, index: int, keys: np.ndarray) -> dict[
 def prepare_work_dir(work_dir: Path, job: dict[str, Any]) -> None:
     """Reuse the chunks of an interrupted run of the same job; throw away those of another job."""
     job_file = work_dir / "job.json"
-    if job_file.is_file():
-        try:
-            same = read_json(job_file) == job
-        except ValueError:
-            same = False
+    same = recorded_job(job_file, job)
+    if same is not None:
         if same:
             done = len(list(work_dir.glob("*.npz")))
             log.info("resuming from %s (%d finished chunk(s))", work_dir, done)
