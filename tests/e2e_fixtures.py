@@ -183,7 +183,7 @@ def small_config(work: Path, mirror_url: str, objectives: tuple[str, ...] = ("si
                                   "batch_size": 8}},
         "teacher": "tinyclip",
         "backbones": {"tiny": {"model": str(student), "lr": 1.0e-3, "batch_size": 8}},
-        "train": {"max_steps": 6, "eval_steps": 3, "checkpoint_steps": 3, "proj_dim": 16},
+        "train": {"max_steps": 6, "eval_steps": 3, "log_every": 2, "proj_dim": 16},
         "grid": {
             "seeds": [0],
             "main": {"datasets": ["wiki+tiny"], "backbones": ["tiny"], "objectives": list(objectives),
