@@ -217,5 +217,6 @@ def train_command(cfg: dict[str, Any], cell: Cell, seed: int) -> str:
             "--text", inputs["text"]]
     if "pairs" in inputs:
         args += ["--pairs", inputs["pairs"], "--teacher", str(Path(inputs["teacher"]).parent)]
-    args += ["--senteval", inputs["senteval"], "--seed", str(seed), "--out", student_dir(cell, seed)]
+    args += ["--senteval", inputs["senteval"], "--seed", str(seed), "--out", student_dir(cell, seed),
+             "--cell", *(f"{k}={v}" for k, v in {**cell.as_dict(), "seed": seed}.items())]  # as the rules pass it
     return shlex.join(args)

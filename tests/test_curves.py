@@ -158,3 +158,44 @@ def test_cell_label_and_device_text():
     assert cell_label([]) == ""
     assert device_text(torch.device("cpu"), 1).startswith("cpu (")
     assert device_text(torch.device("cpu"), 4).startswith("4 x cpu (")
+
+
+def test_report_plots_one_panel_per_value_with_seeds_overlaid(trained, tmp_path):
+    from kdmcse.report.cli import main as report_main
+    from kdmcse.report.curves import plot_curves, read_curves as read_frame
+
+    out, _ = trained
+    other = tmp_path / "seed1.csv"
+    rows = read_curves(out)
+    with open(other, "w", newline="", encoding="utf-8") as f:  # a second seed without the extra value
+        keep = [c for c in rows[0] if c != "mask_rate_image"]
+        w = csv.DictWriter(f, keep, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    result = plot_curves({"0": read_frame(out / "curves.csv"), "1": read_frame(other)}, "a/b/c")
+    panels = list(dict.fromkeys(result.points["value"]))
+    assert panels[:3] == ["total", "intra", "image"] and panels[-1] == "stsb_dev"
+    assert "mask_rate_image" in panels and "lr" in panels and "grad_norm" in panels
+    per = result.points.set_index(["value", "seed"])["points"]
+    assert per[("total", "0")] == per[("total", "1")] == MAX_STEPS
+    assert per[("stsb_dev", "1")] == MAX_STEPS // EVAL_STEPS
+    assert ("mask_rate_image", "1") not in per.index
+    assert per[("image", "0")] == sum(r["paired"] == "1" for r in rows)
+    stem = tmp_path / "plots" / "cell"
+    assert report_main(["curves", "--curves", f"0={out / 'curves.csv'}", f"1={other}", "--title", "a/b/c",
+                        "--plot", str(stem)]) == 0
+    assert (tmp_path / "plots" / "cell.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "plots" / "cell.pdf").stat().st_size > 0
+
+
+def test_report_curves_refuses_a_file_that_is_not_curves(tmp_path):
+    from kdmcse.errors import KdmcseError
+    from kdmcse.report.curves import main as curves_main
+
+    bad = tmp_path / "x.csv"
+    bad.write_text("a,b\n1,2\n", encoding="utf-8")
+    with pytest.raises(KdmcseError, match="not a curves.csv"):
+        curves_main(["--curves", f"0={bad}", "--title", "t", "--plot", str(tmp_path / "p")])
+    with pytest.raises(KdmcseError, match="expected SEED=PATH"):
+        curves_main(["--curves", str(bad), "--title", "t", "--plot", str(tmp_path / "p")])
+    assert not (tmp_path / "p.png").exists()

@@ -67,3 +67,9 @@ def test_demo_overlay_plan():
     # SimCSE, MCSE, KDMCSE at two margins; one backbone, one seed, one threshold setting.
     assert counts["train"] == 4
     assert counts["teacher"] == 1
+
+
+def test_every_trained_cell_gets_its_curves_plot():
+    # `all` (and so the HTML report) plots the training curves of each of the 18 trained cells, seeds overlaid
+    counts = plan(target="all")
+    assert counts["curves"] == 18 and counts["train"] == 18 * 5

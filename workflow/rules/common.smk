@@ -280,9 +280,10 @@ def train_pair_args(w, input):
     return f"--pairs {shlex_quote(input.pairs)} --teacher {shlex_quote(str(Path(input.teacher).parent))}"
 
 
-# --- evaluate stage helpers
+# --- train and evaluate stage helpers
 
 def cell_args(w):
+    # `--cell` of train and evaluate: named in the log's opening line and in the metrics
     cell = cell_of(w)
     pairs = {**cell.as_dict(), "seed": w.seed}
     return " ".join(shlex_quote(f"{k}={v}") for k, v in pairs.items())
