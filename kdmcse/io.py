@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import hashlib
 import json
@@ -11,7 +12,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, TextIO
+from typing import Any, BinaryIO, Callable, Iterator, TextIO
 
 
 def current_umask() -> int:
@@ -147,3 +148,23 @@ class LogStream:
 
     def __getattr__(self, name: str) -> Any:  # fileno, encoding, buffer, ...: those of the wrapped stream
         return getattr(self._stream, name)
+
+
+def copy_output(source: BinaryIO, sink: TextIO) -> None:
+    """Copy a child process's output (a pipe) to `sink` as it comes, in pieces cut before each `\r` or `\n`.
+
+    A child writes to its file descriptor, past any `LogStream` of ours; read through a pipe and copied here,
+    its progress bars get the same treatment. Cutting before a delimiter hands each redraw over whole.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    pending = ""
+    read = getattr(source, "read1", source.read)
+    while chunk := read(1 << 16):
+        pending += decoder.decode(chunk)
+        cut = max(pending.rfind("\r"), pending.rfind("\n"))
+        if cut > 0:
+            sink.write(pending[:cut])
+            sink.flush()
+            pending = pending[cut:]
+    sink.write(pending + decoder.decode(b"", final=True))
+    sink.flush()

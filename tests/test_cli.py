@@ -136,3 +136,20 @@ def test_unknown_cell_is_one_line_naming_known_cells(cell, words):
     assert printed.returncode == 2
     err = printed.stderr.strip().splitlines()
     assert len(err) == 1 and words in err[0] and CELL in err[0], err
+
+
+class Trickle(io.BytesIO):
+    """A pipe that hands its bytes over a few at a time, cutting redraws and UTF-8 characters apart."""
+
+    def read1(self, n: int = -1) -> bytes:
+        return self.read(7)
+
+
+def test_a_child_process_output_gets_the_same_treatment():
+    from kdmcse.io import copy_output
+
+    child = "".join(f"\rfetch: {i}/300 shards ✓" for i in range(1, 301)) + "\nfinished 300 shards\n"
+    out, clock = io.StringIO(), [0.0]
+    copy_output(Trickle(child.encode("utf-8")), LogStream(out, clock=lambda: clock[0]))
+    # the clock stands still: the first redraw is shown, the last one when its line ends, nothing cut in two
+    assert out.getvalue() == "fetch: 1/300 shards ✓\nfetch: 300/300 shards ✓\nfinished 300 shards\n"

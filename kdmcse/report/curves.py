@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 KNOWN = {  # panel titles of the values the loop reports today; any other column is titled by its name
     "total": "loss (total)", "intra": "loss: sentence-sentence (intra)",
-    "image": "loss: sentence vs. image", "text": "loss: sentence vs. teacher text", "lr": "learning rate", "grad_norm": "gradient norm (before clipping)",
+    "image": "loss: sentence vs. image", "text": "loss: sentence vs. teacher text", "lr": "learning rate",
+    "grad_norm": "gradient norm (before clipping)",
     "stsb_dev": "STS-B dev Spearman ×100",
 }
 NOT_PLOTTED = {"step", "paired"}
