@@ -8,7 +8,7 @@ REPORT_INPUTS = {
 }
 TABLES = ["main", "transfer", "ablation_margin", "ablation_threshold"]  # + significance.csv
 PLOTS = ["align_uniform", "ablation_margin", "ablation_threshold"]
-# The training curves of every trained cell, its seeds overlaid (`rule curves`)
+# The training curves of every trained cell, its seeds overlaid (`rule curves`), in the HTML report
 CURVES_PLOTS = [f"results/plots/curves/{c.path}.{ext}" for c in all_cells(config) for ext in ("pdf", "png")]
 REPORT_OUTPUTS = (
     [f"results/tables/{t}.{ext}" for t in TABLES for ext in ("tex", "csv")]
@@ -21,6 +21,8 @@ REPORT_OUTPUTS = (
 rule report:
     input:
         **REPORT_INPUTS,
+        # not read here: the tables wait for every cell's curves, so `snakemake --report` finds them all
+        curves=[p for p in CURVES_PLOTS if p.endswith(".png")],
     output:
         main=report("results/tables/main.tex", caption="../report/main.rst", category="Tables"),
         main_csv="results/tables/main.csv",
@@ -72,7 +74,7 @@ rule curves:
             f"results/plots/curves/{CELL}.png",
             caption="../report/curves.rst",
             category="Training curves",
-            subcategory="{dataset} / {backbone}",
+            subcategory="{dataset} / {backbone} / {objective}",
         ),
     log:
         f"logs/curves/{CELL}.log",
