@@ -30,6 +30,7 @@ localrules:
     shards,
     report,
     report_scale,
+    curves,
 
 
 rule all:

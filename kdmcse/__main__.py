@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import logging
 import sys
@@ -21,14 +22,47 @@ STAGES = {
     "config": "kdmcse.config",
     "gpus": "kdmcse.gpus",  # not a stage: the launcher that gives each GPU job its own devices
 }
+# one line each for the top-level help, in the order of the data flow
+SUMMARIES = {
+    "download": "fetch one registry artifact (config/sources.yaml), checked against its sha256 and size",
+    "extract": "unpack a downloaded archive safely",
+    "shards": "build webdataset shards of image-caption pairs with img2dataset",
+    "prepare": "write the Wiki1M and caption corpora as Parquet tables",
+    "teacher": "encode every image and caption with the frozen CLIP teacher (Parquet cache)",
+    "train": "train one student (SimCSE, MCSE or KDMCSE) for one seed",
+    "evaluate": "score one student: STS, alignment/uniformity, SentEval transfer, MTEB",
+    "report": "tables, plots, training curves and model cards from the metrics files",
+    "config": "validate config files, print config/README.md, or print the run config of one cell",
+    "gpus": "run a command on GPUs of its own (the rules put it in front of every GPU stage)",
+}
+
+HELP = """usage: python -m kdmcse <stage> [options]      (python -m kdmcse <stage> --help for its options)
+
+The stages of the kdmcse pipeline, each a plain command; the Snakemake rules call them in this order:
+
+{stages}
+
+Most users run the whole pipeline instead: snakemake --cores all --configfile config/demo.yaml
+To train one cell by hand: python -m kdmcse config --cell CELL --seed N prints its run config and command.
+"""
+
+
+def usage() -> str:
+    width = max(map(len, STAGES))
+    return HELP.format(stages="\n".join(f"  {name:<{width}}  {SUMMARIES[name]}" for name in STAGES))
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in {"-h", "--help"} or argv[0] not in STAGES:
-        names = ", ".join(STAGES)
-        print(f"usage: python -m kdmcse <stage> [options]\nstages: {names}", file=sys.stderr)
-        return 0 if argv and argv[0] in {"-h", "--help"} else 2
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(usage(), end="", file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    if argv[0] not in STAGES:
+        close = difflib.get_close_matches(argv[0], STAGES, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        print(f"error: unknown stage {argv[0]!r}; {hint}stages: {', '.join(STAGES)} "
+              "(python -m kdmcse --help describes them)", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -43,4 +77,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # A rule's log file is not a terminal: progress bars there redraw at most every 30 s, one line each, instead
+    # of thousands of carriage-return updates (kdmcse.io.LogStream). Only for the command line, not for main().
+    if not sys.stderr.isatty():
+        from kdmcse.io import LogStream
+
+        sys.stderr = LogStream(sys.stderr)
     sys.exit(main())

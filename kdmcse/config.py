@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import os
 import re
@@ -18,7 +19,7 @@ import jsonschema
 import yaml
 
 from kdmcse.errors import KdmcseError
-from kdmcse.grid import ablation_cells, all_cells, resolve_model
+from kdmcse.grid import ablation_cells, all_cells, find_cell, resolve_model, run_config, train_command
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -419,12 +420,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kdmcse config", description="Validate config files (merged in order).")
     parser.add_argument("files", nargs="*", help="YAML files, e.g. config/config.yaml config/demo.yaml")
     parser.add_argument("--docs", action="store_true", help="print config/README.md, generated from the schema")
+    parser.add_argument("--cell", help="print the run config of this cell (its path under results/students/)")
+    parser.add_argument("--seed", type=int, default=0, help="with --cell: the seed (default 0)")
+    parser.add_argument("--command", action="store_true", help="with --cell: print the whole train command instead")
     args = parser.parse_args(argv)
     if args.docs:
         print(CONFIG_README_HEAD + schema_docs(), end="")
         return 0
-    if not args.files:
+    if not args.files and not args.cell:
         parser.error("give config files to validate, or --docs")
-    cfg = validate_config(load_config(args.files))
+    cfg = validate_config(load_config(args.files or ["config/config.yaml"]))
+    if args.cell:  # the rule's run config, exactly: `python -m kdmcse train --run-config @FILE` runs it by hand
+        cell = find_cell(cfg, args.cell)
+        print(train_command(cfg, cell, args.seed) if args.command else json.dumps(run_config(cfg, cell), indent=2,
+                                                                                 sort_keys=True))
+        return 0
     print(f"ok: {len(all_cells(cfg))} cells x {len(cfg['grid']['seeds'])} seeds")
     return 0

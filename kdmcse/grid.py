@@ -9,6 +9,9 @@ groups may coincide; they are trained once.
 from __future__ import annotations
 
 import importlib
+import json
+import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,3 +175,48 @@ def run_config(cfg: dict[str, Any], cell: Cell) -> dict[str, Any]:
         "precision": tr["precision"],
         "teacher": identity,
     }
+
+
+# ---------------------------------------------------------------- where a student's inputs and outputs live
+# The rules (workflow/rules/common.smk) and `python -m kdmcse config --cell` both take the paths from here.
+CELL_PATH = re.compile(r"^(?P<dataset>[a-z0-9+]+)/(?P<backbone>[A-Za-z0-9_-]+)/(?P<objective>simcse|mcse|kdmcse)/"
+                       r"margin~(?P<margin>[0-9.]+)_threshold~(?P<threshold>off|-?[0-9.]+)$")
+
+
+def student_dir(cell: Cell, seed: int | str) -> str:
+    return f"results/students/{cell.path}/seed~{seed}"
+
+
+def train_inputs(cfg: dict[str, Any], cell: Cell) -> dict[str, str]:
+    """The files `train` reads for `cell`: text corpus and SentEval folder; caption table and teacher cache
+    (its captions.parquet) for an objective that uses image-caption pairs."""
+    inputs = {"text": "results/corpora/wiki.parquet", "senteval": f"resources/extracted/{cfg['evaluate']['senteval']}"}
+    pairs = cfg["datasets"][cell.dataset]["pairs"]
+    if cell.objective != "simcse" and pairs:
+        inputs["pairs"] = f"results/corpora/captions_{pairs}.parquet"
+        inputs["teacher"] = f"results/teacher/{pairs}/{cfg['teacher']}/captions.parquet"
+    return inputs
+
+
+def find_cell(cfg: dict[str, Any], text: str) -> Cell:
+    """The grid cell named by its results path (`wiki+flickr/bert/kdmcse/margin~0.15_threshold~off`)."""
+    cells = {c.path: c for c in all_cells(cfg) + scale_cells(cfg)}
+    if text.strip("/") in cells:
+        return cells[text.strip("/")]
+    hint = "; cells of this config: " + ", ".join(list(cells)[:6]) + (", …" if len(cells) > 6 else "")
+    if not CELL_PATH.match(text.strip("/")):
+        raise KdmcseError(f"--cell {text!r} is not a cell path of the form DATASET/BACKBONE/OBJECTIVE/"
+                          f"margin~M_threshold~T (as under results/students/){hint}")
+    raise KdmcseError(f"--cell {text!r} is not in the grid of these config files{hint}")
+
+
+def train_command(cfg: dict[str, Any], cell: Cell, seed: int) -> str:
+    """The `python -m kdmcse train` command the train rule runs for (cell, seed), without launcher or log."""
+    inputs = train_inputs(cfg, cell)
+    args = ["python", "-m", "kdmcse", "train", "--run-config", json.dumps(run_config(cfg, cell), sort_keys=True),
+            "--text", inputs["text"]]
+    if "pairs" in inputs:
+        args += ["--pairs", inputs["pairs"], "--teacher", str(Path(inputs["teacher"]).parent)]
+    args += ["--senteval", inputs["senteval"], "--seed", str(seed), "--out", student_dir(cell, seed),
+             "--cell", *(f"{k}={v}" for k, v in {**cell.as_dict(), "seed": seed}.items())]  # as the rules pass it
+    return shlex.join(args)

@@ -1,14 +1,18 @@
-"""Small file helpers shared by every stage: atomic writes and JSON."""
+"""Small file helpers shared by every stage: atomic writes, JSON, and a log-file friendly stderr."""
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
+import threading
+import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Callable, Iterator, TextIO
 
 
 def current_umask() -> int:
@@ -89,3 +93,89 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+
+class LogStream:
+    """A stderr for log files: progress-bar redraws become lines, at most one every `interval` seconds.
+
+    tqdm redraws a bar in place with a carriage return; in a rule's log file that is thousands of `\\r` updates
+    on one physical line, whatever `mininterval` the caller (or a library) chose. Here each redraw that is
+    shown becomes a line of its own, at most one per `interval` seconds; the latest redraw held back is written
+    when its bar closes, so the final count is never lost. Every other write (log records, tracebacks, prints)
+    passes through unchanged.
+    """
+
+    def __init__(self, stream: TextIO, interval: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._stream = stream
+        self._interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last_shown = -float("inf")
+        self._held: str | None = None  # the latest redraw not shown yet
+        self._redrawing = False  # the last thing written was a bar redraw (its closing newline may follow)
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            previous = ""
+            for token in re.split(r"(\r|\n)", text):
+                if token == "\r":
+                    self._redrawing = True
+                elif token == "\n":
+                    if self._redrawing:  # a bar closing (tqdm leave=True): its last state ends the line
+                        if self._held is not None:
+                            self._show(self._held)
+                        self._redrawing = False
+                    else:
+                        self._stream.write("\n")
+                elif token:
+                    if previous == "\r":
+                        self._redraw(token.rstrip(" "))
+                    else:  # plain text: any bar state before it is over
+                        self._redrawing, self._held = False, None
+                        self._stream.write(token)
+                if token:
+                    previous = token
+        return len(text)
+
+    def _redraw(self, line: str) -> None:
+        if not line.strip():  # a bar clearing its line (tqdm leave=False): nothing to show
+            self._held = None
+        elif self._clock() - self._last_shown >= self._interval:
+            self._show(line)
+        else:
+            self._held = line
+
+    def _show(self, line: str) -> None:
+        self._stream.write(line + "\n")
+        self._last_shown = self._clock()
+        self._held = None
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str) -> Any:  # fileno, encoding, buffer, ...: those of the wrapped stream
+        return getattr(self._stream, name)
+
+
+def copy_output(source: BinaryIO, sink: TextIO) -> None:
+    """Copy a child process's output (a pipe) to `sink` as it comes, in pieces cut before each `\r` or `\n`.
+
+    A child writes to its file descriptor, past any `LogStream` of ours; read through a pipe and copied here,
+    its progress bars get the same treatment. Cutting before a delimiter hands each redraw over whole.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    pending = ""
+    read = getattr(source, "read1", source.read)
+    while chunk := read(1 << 16):
+        pending += decoder.decode(chunk)
+        cut = max(pending.rfind("\r"), pending.rfind("\n"))
+        if cut > 0:
+            sink.write(pending[:cut])
+            sink.flush()
+            pending = pending[cut:]
+    sink.write(pending + decoder.decode(b"", final=True))
+    sink.flush()

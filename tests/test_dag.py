@@ -37,8 +37,9 @@ def test_paper_grid_plan():
         "train": 18 * 5,
         "evaluate_sts": 18 * 5,
         "evaluate_transfer": 10 * 5,  # transfer tasks for the main-table cells
+        "curves": 18,  # one figure per trained cell, its seeds overlaid
         "report": 1,
-        "total": 6 + 3 + 1 + 2 + 2 + 90 + 90 + 50 + 1,
+        "total": 6 + 3 + 1 + 2 + 2 + 90 + 90 + 50 + 18 + 1,
     }
 
 
@@ -67,3 +68,4 @@ def test_demo_overlay_plan():
     # SimCSE, MCSE, KDMCSE at two margins; one backbone, one seed, one threshold setting.
     assert counts["train"] == 4
     assert counts["teacher"] == 1
+

@@ -133,12 +133,62 @@ def test_first_run_reaches_the_tables(workdir):
     assert meta["run_config"]["margin2"] == 0.15
 
 
+KDMCSE_CELL = "wiki+tiny/tiny/kdmcse/margin~0.15_threshold~off"
+
+
+def test_training_curves_have_every_step_and_dev_at_each_evaluation(workdir):
+    work, _ = workdir
+    student = work / "results" / "students" / KDMCSE_CELL / "seed~0"
+    curves = pd.read_csv(student / "curves.csv")
+    assert curves["step"].tolist() == list(range(1, 7))  # train.max_steps 6: one row per step
+    assert ["step", "paired", "lr", "grad_norm", "total", "intra", "image", "text"] == list(curves.columns[:8])
+    assert curves.columns[-1] == "stsb_dev"
+    assert (curves["grad_norm"] > 0).all() and curves["total"].notna().all()
+    assert curves["paired"].any() and not curves["paired"].all()  # text-only and image-caption steps
+    assert curves.loc[curves["paired"] == 1, "image"].notna().all()
+    assert curves.loc[curves["paired"] == 0, "image"].isna().all()
+    assert curves["lr"].is_monotonic_decreasing and curves["lr"].iloc[0] == pytest.approx(1.0e-3)
+    # STS-B dev at each evaluation (train.eval_steps 3), the scores the model selection saw
+    meta = json.loads((student / "run_meta.json").read_text())
+    dev = curves.dropna(subset=["stsb_dev"])
+    assert dev["step"].tolist() == [3, 6]
+    assert dev["stsb_dev"].tolist() == pytest.approx([h["stsb_dev_spearman"] for h in meta["dev_history"]])
+    # one figure per trained cell (5 here), its seeds overlaid
+    plots = sorted((work / "results" / "plots" / "curves").rglob("*.png"))
+    assert len(plots) == 5 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
+
+
+def test_logs_open_with_the_job_and_hold_no_carriage_return_floods(workdir):
+    work, _ = workdir
+    logs = sorted((work / "logs").rglob("*.log"))
+    assert len(logs) >= 10
+    flooded = [str(p.relative_to(work)) for p in logs if b"\r" in p.read_bytes()]  # bytes: no newline translation
+    assert flooded == []
+    text = (work / "logs" / "train" / KDMCSE_CELL / "seed~0.log").read_text(encoding="utf-8")
+    # the first line of the train stage (after the GPU launcher's and the model loading's)
+    ours = [line for line in text.splitlines() if " kdmcse.train." in line]
+    opening = ours[0].split(": ", 1)[1]
+    assert opening.startswith("train wiki+tiny/tiny/kdmcse margin=0.15 threshold=off, seed 0 | model "), ours[0]
+    assert "| device cpu" in opening and "| precision tf32 | 6 steps (" in opening and "| ETA " in opening, opening
+    assert re.search(r"train: +\d+%.*\| 6/6", text), "the progress bar's final state is a line of the log"
+
+
 def test_html_report_has_the_tables_and_plots(workdir):
     work, _ = workdir
     snakemake(work, "--report", "results/report.html")
     html = (work / "results" / "report.html").read_text(encoding="utf-8", errors="replace")
     for name in ("main.tex", "ablation_margin.tex", "align_uniform.png"):
         assert name in html
+
+
+def test_html_report_shows_the_training_curves(workdir):
+    work, _ = workdir
+    html = (work / "results" / "report.html").read_text(encoding="utf-8", errors="replace")
+    assert "Training curves" in html
+    plots = sorted((work / "results" / "plots" / "curves").rglob("*.png"))
+    missing = [str(p) for p in plots if f"Adding {p.name}" not in html and p.name not in html]
+    assert len(plots) == 5 and missing == []
+    assert "wiki+tiny / tiny / kdmcse" in html  # grouped by dataset, backbone and objective
 
 
 def test_second_run_does_nothing(workdir):
@@ -153,7 +203,7 @@ def test_changing_one_margin_reruns_only_that_cell(workdir):
     cfg["grid"]["ablations"]["margin"]["values"] = [0.05, 0.15]
     (work / "e2e.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     counts = job_counts(snakemake(work, "results/tables/main.tex", "-n", "--quiet", "rules"))
-    assert counts == {"train": 1, "evaluate_sts": 1, "report": 1, "total": 3}
+    assert counts == {"train": 1, "evaluate_sts": 1, "curves": 1, "report": 1, "total": 4}
     snakemake(work, "results/tables/main.tex")
     margins = pd.read_csv(work / "results" / "tables" / "ablation_margin.csv")
     assert "0.05" in margins.to_csv()

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from kdmcse.data.shards import MANIFEST_FORMAT, MANIFEST_VERSION, shard_files
 from kdmcse.errors import KdmcseError
-from kdmcse.io import atomic_path, recorded_job, write_json
+from kdmcse.io import atomic_path, copy_output, recorded_job, write_json
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +143,11 @@ def fetch_with_img2dataset(tsv: Path, out_dir: Path, pairs: int, settings: dict[
     log.info("img2dataset: %d URL–caption rows -> %d shard(s) of up to %d in %s (%d processes x %d threads)",
              len(urls), n_shards, settings["samples_per_shard"], out_dir, settings["processes"], settings["threads"])
     env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", WANDB_MODE="disabled")
-    # img2dataset prints its progress on stdout; send it to our stderr (the rule's log)
-    proc = subprocess.run(img2dataset_command(url_list, out_dir, settings), stdout=sys.stderr, env=env)
+    # img2dataset prints its progress on stdout and stderr; both go to our stderr (the rule's log) through a
+    # pipe, so that its progress bars redraw there as seldom as ours (kdmcse.io.LogStream)
+    with subprocess.Popen(img2dataset_command(url_list, out_dir, settings), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, env=env) as proc:
+        copy_output(proc.stdout, sys.stderr)
     if proc.returncode != 0:
         raise KdmcseError(f"img2dataset exited with status {proc.returncode} (its output is in the log above); "
                           f"rerun to resume: finished shards in {out_dir} are kept")

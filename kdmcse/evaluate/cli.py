@@ -21,6 +21,7 @@ from kdmcse.embedding import POOLINGS, resolve_device
 from kdmcse.errors import KdmcseError
 from kdmcse.evaluate.encoder import load_encoder, resolve_model_dir
 from kdmcse.io import atomic_path, write_json
+from kdmcse.train.host import cell_label
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     resolve_model_dir(args.model)
     device = resolve_device(args.device)
 
+    # the log's opening line, as a training job's: what runs, on what
+    job = (cell_label(args.cell) or "(no cell)") + (f", seed {cell['seed']}" if "seed" in cell else "")
+    log.info("evaluate %s | model %s | device %s | tasks %s | pooling %s, batch %d", job, args.model, device,
+             ",".join(tasks), args.pooling, args.batch_size)
     encoder = load_encoder(args.model, args.pooling, args.batch_size, device)
     metrics = {"cell": cell, "model": str(args.model), "pooling": args.pooling}
     metrics.update(run_evaluation(encoder, data, tasks))

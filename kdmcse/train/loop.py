@@ -10,8 +10,10 @@ What it reproduces (method §1.3–§4.1): text-only and image–caption batches
 decay) over every parameter with a linear decay to 0 and no warm-up; gradient clipping at 1.0; STS-B dev
 Spearman every `eval_steps` and at the last step, keeping the strictly best model. Resumable checkpoints every
 `checkpoint_minutes` and on SIGTERM/SIGUSR1 (`kdmcse.train.checkpoint_policy`) let a killed or preempted job
-resume to the same result. The loss parts stay on the device and are read every `log_every` steps
-(`kdmcse.train.step_values`): no step waits for the GPU. Under torchrun each process encodes a shard of every
+resume to the same result. The loss parts and the gradient norm stay on the device and are read every `log_every`
+steps (`kdmcse.train.step_values`): no step waits for the GPU. Every value read goes into the training curves
+(`curves.csv` beside the model, and TensorBoard when installed: `kdmcse.train.curves`), and the log opens with one
+line naming the job and its ETA (`kdmcse.train.eta`). Under torchrun each process encodes a shard of every
 batch and the loss is computed on the gathered global batch (`kdmcse.train.distributed`).
 """
 
@@ -19,10 +21,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from platform import node
 from typing import Any, Callable
 
 import numpy as np
@@ -40,6 +42,8 @@ from kdmcse.train.checkpoint import (
     save_checkpoint,
 )
 from kdmcse.train.checkpoint_policy import CheckpointPolicy, StopSignals, TrainingInterrupted
+from kdmcse.train.curves import TENSORBOARD_DIR, TrainingCurves
+from kdmcse.train.eta import StepTimer, format_duration, opening_line
 from kdmcse.train.distributed import (
     DistContext,
     all_reduce_max,
@@ -49,6 +53,7 @@ from kdmcse.train.distributed import (
     init_distributed,
     shutdown_distributed,
 )
+from kdmcse.train.host import cell_label, device_name, device_text, versions
 from kdmcse.train.inputs import Inputs, TrainData, build_data, check_inputs, data_info
 from kdmcse.train.losses import LossSettings
 from kdmcse.train.mixing import MixedBatches, MixSchedule, mixing_schedule
@@ -100,11 +105,14 @@ class Run:
     scaler: torch.amp.GradScaler
     selection: DevSelection
     start_step: int = 0
+    curves: TrainingCurves | None = None
+    seed: int = 0
+    label: str = ""  # the cell, for the opening line
 
 
 # ---------------------------------------------------------------- set-up
 def set_up(cfg: dict[str, Any], settings: LossSettings, inputs: Inputs, ctx: DistContext, *, seed: int,
-           out: Path, show_progress: bool) -> Run:
+           out: Path, show_progress: bool, label: str = "") -> Run:
     """Build the run, or continue the checkpointed one; whatever can refuse it comes before the model loads."""
     device = pick_device(ctx)
     check_precision(cfg["precision"], device)
@@ -130,13 +138,16 @@ def set_up(cfg: dict[str, Any], settings: LossSettings, inputs: Inputs, ctx: Dis
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_decay(schedule.total_steps))
     scaler = make_scaler(cfg["precision"], device)
     set_seed(seed + ctx.rank)  # again after loaders/optimiser, as the published trainer does
-    log.info("schedule: %s", schedule)
+    log.debug("schedule: %s", schedule)  # the opening line gives the step counts; run_meta.json the rest
 
     run = Run(cfg, settings, inputs, ctx, device, autocast, schedule, fingerprint,
               ckpt_dir, tokenizer, student, data, batches, params, optimizer, scheduler, scaler,
-              DevSelection(inputs.senteval, cfg["pooling"]))
+              DevSelection(inputs.senteval, cfg["pooling"]), seed=seed, label=label or str(out))
     if saved is not None:
         resume(run, saved)
+    run.curves = TrainingCurves(out / TENSORBOARD_DIR if ctx.is_main else None, run.start_step)
+    if saved is not None and "curves" in saved.state:
+        run.curves.load_state_dict(saved.state["curves"])
     return run
 
 
@@ -161,7 +172,8 @@ def resume(run: Run, saved: Checkpoint) -> None:
 
 # ---------------------------------------------------------------- the step
 def train_step(run: Run, paired: bool, global_rows: np.ndarray) -> dict[str, torch.Tensor]:
-    """One optimisation step; returns its loss parts as device tensors (nothing here waits for the device).
+    """One optimisation step; returns its loss parts and gradient norm (before clipping) as device tensors
+    (nothing here waits for the device).
 
     A non-finite loss is caught when the values are read (`check_finite`), at the latest before the next
     evaluation or checkpoint, so no checkpoint and no selected model ever holds the weights it produced.
@@ -171,14 +183,14 @@ def train_step(run: Run, paired: bool, global_rows: np.ndarray) -> dict[str, tor
     run.scaler.scale(losses["total"]).backward()
     average_gradients(run.params, run.ctx)
     run.scaler.unscale_(run.optimizer)
-    torch.nn.utils.clip_grad_norm_(run.params, 1.0)
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.params, 1.0)
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.scheduler.step()
     # zero (not None) as torch 1.x did in the published trainer: AdamW keeps moving the heads on
     # text-only steps from their momentum, exactly as there
     run.optimizer.zero_grad(set_to_none=False)
-    return losses
+    return {**losses, "grad_norm": grad_norm}
 
 
 def check_finite(run: Run, values: StepValues) -> None:
@@ -192,20 +204,24 @@ def check_finite(run: Run, values: StepValues) -> None:
         )
 
 
-def log_values(run: Run, values: StepValues, done: int, bar: Any) -> None:
-    """Check and log the mean of every value since the last log line."""
+def log_values(run: Run, values: StepValues, done: int, bar: Any, timer: StepTimer) -> None:
+    """Check, record (curves) and log the mean of every value since the last log line."""
     check_finite(run, values)
-    mean = means(values.take())
-    bar.set_postfix({k: f"{v:.4f}" for k, v in mean.items()}, refresh=False)
-    log.info("step %d/%d lr %.3g %s", done, run.schedule.total_steps, run.scheduler.get_last_lr()[0],
-             " ".join(f"{k}={v:.4f}" for k, v in mean.items()))
+    records = values.take()
+    run.curves.add(records)
+    mean = means(records)
+    if bar is not None:
+        bar.set_postfix({k: f"{v:.4f}" for k, v in mean.items()}, refresh=False)
+    eta = timer.eta(done)
+    log.info("step %d/%d lr %.3g %s%s", done, run.schedule.total_steps, run.scheduler.get_last_lr()[0],
+             " ".join(f"{k}={v:.4f}" for k, v in mean.items()), "" if eta is None else f" | ETA {format_duration(eta)}")
 
 
 # ---------------------------------------------------------------- evaluation/selection and checkpointing
 def evaluate(run: Run, done: int) -> None:
     """STS-B dev on the main process (the others wait at the barrier)."""
     if run.ctx.is_main:
-        run.selection.evaluate(run.student, run.tokenizer, done)
+        run.curves.dev_score(done, run.selection.evaluate(run.student, run.tokenizer, done))
     barrier(run.ctx)
 
 
@@ -219,6 +235,7 @@ def checkpoint(run: Run, done: int) -> None:
             "grad_present": [p.grad is not None for p in run.params],
             "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
             "loaders": run.batches.state_dict(), "rng": rng, "selection": run.selection.state_dict(),
+            "curves": run.curves.state_dict(),
         }, run.fingerprint, best_step=best["step"] if best["state"] is not None else None,
             best_weights=best["state"])
     barrier(run.ctx)
@@ -243,21 +260,6 @@ def checkpoint_decision(run: Run, done: int, policy: CheckpointPolicy, stop: Sto
 
 
 # ---------------------------------------------------------------- outputs
-def _versions() -> dict[str, str]:
-    import transformers
-
-    import kdmcse
-
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "kdmcse": kdmcse.__version__, "numpy": np.__version__}
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
 def finish(run: Run, *, seed: int, text: Path, out: Path, pairs: Path | None, teacher: Path | None,
            senteval: Path | None, paired_done: int, started: float) -> dict[str, Any]:
     """Load the selected weights and write model/, heads.pt and run_meta.json (the completion marker).
@@ -277,14 +279,15 @@ def finish(run: Run, *, seed: int, text: Path, out: Path, pairs: Path | None, te
         "inputs": {"text": str(text), "pairs": str(pairs) if has_pairs else None,
                    "teacher": str(teacher) if has_pairs else None,
                    "senteval": str(senteval) if senteval is not None else None, **run.data.info},
-        "versions": _versions(), "device_type": run.device.type, "world_size": run.ctx.world_size,
+        "versions": versions(), "device_type": run.device.type, "world_size": run.ctx.world_size,
         "schedule": run.schedule.to_dict(), "total_steps": run.schedule.total_steps, "paired_steps": paired_done,
         "selection": selection, "best_dev_spearman": best["score"], "best_step": best["step"],
         "dev_history": run.selection.history,
     }
-    host = {"device": _device_name(run.device), "host": platform.node(), "resumed_from_step": run.start_step or None,
+    host = {"device": device_name(run.device), "host": node(), "resumed_from_step": run.start_step or None,
             "wall_time_s": round(time.time() - started, 3)}
     save_student(run.student, run.tokenizer, out / "model", pooling=run.cfg["pooling"])
+    run.curves.write_csv(out / "curves.csv")
     write_json(out / "run_host.json", host)
     write_json(out / "run_meta.json", meta)
     remove_checkpoint(run.ckpt_dir)
@@ -302,18 +305,21 @@ def train(
     teacher: Path | None = None,
     senteval: Path | None = None,
     show_progress: bool = True,
+    label: str = "",
 ) -> dict[str, Any]:
     """Train one student and write `out/` (see module doc). Returns the run metadata.
 
-    Raises `TrainingInterrupted` after saving a checkpoint when the job gets SIGTERM or SIGUSR1.
+    `label` names the job (its cell) in the log's opening line. Raises `TrainingInterrupted` after saving a
+    checkpoint when the job gets SIGTERM or SIGUSR1.
     """
     cfg = validate_run_config(run_config)
     settings = LossSettings.from_run_config(cfg)
     inputs = check_inputs(cfg, text, pairs, teacher, senteval)
     ctx = init_distributed()
+    run = None
     try:
         started = time.time()
-        run = set_up(cfg, settings, inputs, ctx, seed=seed, out=out, show_progress=show_progress)
+        run = set_up(cfg, settings, inputs, ctx, seed=seed, out=out, show_progress=show_progress, label=label)
         with StopSignals() as stop, tf32_mode(cfg["precision"], run.device):
             paired_done = run_steps(run, stop, show_progress=show_progress)
             meta: dict[str, Any] = {}
@@ -323,7 +329,18 @@ def train(
         barrier(ctx)
         return meta
     finally:
+        if run is not None and run.curves is not None:
+            run.curves.close()
         shutdown_distributed(ctx)
+
+
+def announce(run: Run, timer: StepTimer) -> None:
+    """The log's opening line: the job, its device and precision, its steps and its ETA."""
+    total = run.schedule.total_steps
+    log.info("%s", opening_line(cell=run.label, seed=run.seed, model=run.cfg["model"],
+                                device=device_text(run.device, run.ctx.world_size), precision=run.cfg["precision"],
+                                total=total, paired=run.schedule.paired_steps_until(total), start=run.start_step,
+                                timer=timer, eval_steps=run.cfg["eval_steps"]))
 
 
 def run_steps(run: Run, stop: StopSignals, *, show_progress: bool) -> int:
@@ -333,31 +350,46 @@ def run_steps(run: Run, stop: StopSignals, *, show_progress: bool) -> int:
     cfg, total = run.cfg, run.schedule.total_steps
     values = StepValues()
     policy = CheckpointPolicy(cfg["checkpoint_minutes"], total, run.start_step, clock=CLOCK)
+    timer = StepTimer(run.start_step, total, cfg["log_every"], cfg["eval_steps"])
     paired_done = run.schedule.paired_steps_until(run.start_step)
-    bar = tqdm(total=total, initial=run.start_step, desc="train", unit="step",
-               disable=not (show_progress and run.ctx.is_main))
+    bar = None
     for step in range(run.start_step, total):
         paired, global_rows = next(run.batches)
         done = step + 1
+        run.curves.learning_rate(done, run.scheduler.get_last_lr()[0])
         values.add(done, paired, train_step(run, paired, global_rows))
         paired_done += int(paired)
-        bar.update(1)
+        if run.ctx.is_main and timer.wants(done):
+            values.read()  # waits for the device, so that the clock sees the steps done, not just queued
+            timer.mark(done)
+            if done == timer.probe_end:
+                announce(run, timer)
+        if bar is None and (done == timer.probe_end or not run.ctx.is_main):
+            # the bar starts after the opening line, so that the line opens the log
+            bar = tqdm(total=total, initial=done, desc="train", unit="step",
+                       disable=not (show_progress and run.ctx.is_main))
+        elif bar is not None:
+            bar.update(1)
         if done % cfg["log_every"] == 0 or done == total:
-            log_values(run, values, done, bar)
+            log_values(run, values, done, bar, timer)
         if done % cfg["eval_steps"] == 0 or done == total:
             check_finite(run, values)
             evaluate(run, done)
         write, signum = checkpoint_decision(run, done, policy, stop)
         if write:
             check_finite(run, values)
+            run.curves.add(values.read())  # the rows of every step up to here go into the checkpoint
             checkpoint(run, done)
             policy.written(done)
             if signum:
-                bar.close()
+                if bar is not None:
+                    bar.close()
+                run.curves.flush()
                 raise TrainingInterrupted(signum, done, run.ckpt_dir)
         if STEP_END_HOOK is not None:
             STEP_END_HOOK(done)
-    bar.close()
+    if bar is not None:
+        bar.close()
     return paired_done
 
 
@@ -371,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", required=True, type=int)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars (logging only)")
+    p.add_argument("--cell", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="the grid cell this student belongs to, named in the log's opening line and in run_meta.json")
     return p
 
 
@@ -379,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_run_config(args.run_config)
     try:
         train(cfg, text=args.text, out=args.out, seed=args.seed, pairs=args.pairs, teacher=args.teacher,
-              senteval=args.senteval, show_progress=not args.no_progress)
+              senteval=args.senteval, show_progress=not args.no_progress, label=cell_label(args.cell))
     except TrainingInterrupted as stop:
         log.error("%s", stop)
         return stop.exit_code

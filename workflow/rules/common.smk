@@ -16,6 +16,8 @@ from kdmcse.grid import (
     parse_threshold,
     run_config,
     scale_cells,
+    student_dir,
+    train_inputs as cell_train_inputs,
     transfer_cells,
 )
 
@@ -82,10 +84,6 @@ SENTEVAL = extracted(config["evaluate"]["senteval"])
 
 def cell_of(w):
     return Cell(w.dataset, w.backbone, w.objective, float(w.margin), parse_threshold(w.threshold))
-
-
-def student_dir(cell, seed):
-    return f"results/students/{cell.path}/seed~{seed}"
 
 
 def metrics_path(cell, seed, kind):
@@ -261,13 +259,8 @@ def teacher_args(w):
 # --- train stage helpers
 
 def train_inputs(w):
-    cell = cell_of(w)
-    inputs = {"text": "results/corpora/wiki.parquet", "senteval": SENTEVAL}
-    pairs = config["datasets"][cell.dataset]["pairs"]
-    if cell.objective != "simcse" and pairs:
-        inputs["pairs"] = f"results/corpora/captions_{pairs}.parquet"
-        inputs["teacher"] = f"results/teacher/{pairs}/{config['teacher']}/captions.parquet"
-    return inputs
+    # kdmcse.grid holds the paths, so that `python -m kdmcse config --cell` prints the same command
+    return cell_train_inputs(config, cell_of(w))
 
 
 def train_launcher():
@@ -287,9 +280,10 @@ def train_pair_args(w, input):
     return f"--pairs {shlex_quote(input.pairs)} --teacher {shlex_quote(str(Path(input.teacher).parent))}"
 
 
-# --- evaluate stage helpers
+# --- train and evaluate stage helpers
 
 def cell_args(w):
+    # `--cell` of train and evaluate: named in the log's opening line and in the metrics
     cell = cell_of(w)
     pairs = {**cell.as_dict(), "seed": w.seed}
     return " ".join(shlex_quote(f"{k}={v}") for k, v in pairs.items())

@@ -8,16 +8,21 @@ REPORT_INPUTS = {
 }
 TABLES = ["main", "transfer", "ablation_margin", "ablation_threshold"]  # + significance.csv
 PLOTS = ["align_uniform", "ablation_margin", "ablation_threshold"]
+# The training curves of every trained cell, its seeds overlaid (`rule curves`), in the HTML report
+CURVES_PLOTS = [f"results/plots/curves/{c.path}.{ext}" for c in all_cells(config) for ext in ("pdf", "png")]
 REPORT_OUTPUTS = (
     [f"results/tables/{t}.{ext}" for t in TABLES for ext in ("tex", "csv")]
     + ["results/tables/significance.csv"]
     + [f"results/plots/{p}.{ext}" for p in PLOTS for ext in ("pdf", "png")]
+    + CURVES_PLOTS
 )
 
 
 rule report:
     input:
         **REPORT_INPUTS,
+        # not read here: the tables wait for every cell's curves, so `snakemake --report` finds them all
+        curves=[p for p in CURVES_PLOTS if p.endswith(".png")],
     output:
         main=report("results/tables/main.tex", caption="../report/main.rst", category="Tables"),
         main_csv="results/tables/main.csv",
@@ -58,6 +63,35 @@ rule report:
         "python -m kdmcse report --main {input.main:q} --margin-ablation {input.margin:q} "
         "--threshold-ablation {input.threshold:q} --transfer {input.transfer:q} --paper {params.paper:q} "
         "--tables results/tables --plots results/plots {params.note} 2> {log:q}"
+
+
+rule curves:
+    input:
+        curves=lambda w: [f"{student_dir(cell_of(w), s)}/curves.csv" for s in SEEDS],
+    output:
+        pdf=f"results/plots/curves/{CELL}.pdf",
+        png=report(
+            f"results/plots/curves/{CELL}.png",
+            caption="../report/curves.rst",
+            category="Training curves",
+            subcategory="{dataset} / {backbone} / {objective}",
+        ),
+    log:
+        f"logs/curves/{CELL}.log",
+    benchmark:
+        f"results/benchmarks/curves/{CELL}.tsv"
+    params:
+        curves=lambda w: " ".join(
+            shlex_quote(f"{s}={student_dir(cell_of(w), s)}/curves.csv") for s in SEEDS
+        ),
+        title=lambda w: cell_of(w).path,
+        stem=lambda w: f"results/plots/curves/{cell_of(w).path}",
+        code=code_version("report/curves", "report/plots"),
+    conda:
+        "../../envs/kdmcse.yaml"
+    shell:
+        "python -m kdmcse report curves --curves {params.curves} --title {params.title:q} "
+        "--plot {params.stem:q} 2> {log:q}"
 
 
 # The scale experiment: the same student configuration on caption sets of growing size (grid.scale).

@@ -8,6 +8,7 @@ rule train:
         model=directory(f"results/students/{CELL}/seed~{{seed}}/model"),
         heads=f"results/students/{CELL}/seed~{{seed}}/heads.pt",
         meta=f"results/students/{CELL}/seed~{{seed}}/run_meta.json",
+        curves=f"results/students/{CELL}/seed~{{seed}}/curves.csv",
     log:
         f"logs/train/{CELL}/seed~{{seed}}.log",
     benchmark:
@@ -17,6 +18,7 @@ rule train:
         pair_args=train_pair_args,
         launcher=train_launcher(),
         out_dir=lambda w: student_dir(cell_of(w), w.seed),
+        cell=cell_args,
         code=code_version("train", "embedding", "data/senteval", "teacher/cache"),
     threads: job_resources("train")["threads"]
     resources:
@@ -27,4 +29,5 @@ rule train:
         "../../envs/kdmcse.yaml"
     shell:
         "{params.launcher} -m kdmcse train --run-config {params.run_config:q} --text {input.text:q} {params.pair_args} "
-        "--senteval {input.senteval:q} --seed {wildcards.seed:q} --out {params.out_dir:q} 2> {log:q}"
+        "--senteval {input.senteval:q} --seed {wildcards.seed:q} --out {params.out_dir:q} --cell {params.cell} "
+        "2> {log:q}"
