@@ -18,7 +18,7 @@ import jsonschema
 import yaml
 
 from kdmcse.errors import KdmcseError
-from kdmcse.grid import ablation_cells, all_cells, resolve_model
+from kdmcse.grid import ablation_cells, all_cells, cell_teacher, is_quantile, quantile_level, resolve_model
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -74,7 +74,7 @@ def _message(err: jsonschema.ValidationError) -> str:
     if err.validator in {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}:
         return f"config key '{key}': {inst!r} is out of range ({err.message.split(' is ', 1)[-1]})"
     if err.validator == "oneOf" and "threshold" in key:
-        return f"config key '{key}': {inst!r} is not \"off\" or a number"
+        return f"config key '{key}': {inst!r} is not \"off\", a number or a quantile such as \"q0.99\""
     if err.validator == "oneOf" and "margin" in key:
         return f"config key '{key}': {inst!r} must be a margin in radians within [0, pi/2] (or \"tied\" for margin1)"
     if err.validator == "minItems" and not inst:
@@ -126,6 +126,11 @@ def _fill_defaults(node: Any, schema: dict[str, Any], defs: dict[str, Any]) -> A
 def _check_threshold(key: str, value: Any, space: str) -> None:
     if value == "off":
         return
+    if is_quantile(value):
+        if not 0.0 < quantile_level(value) < 1.0:
+            raise ConfigError(f"config key '{key}': {value!r} is not a quantile level strictly between 0 and 1 "
+                              "(q0 would mask every negative, q1 none); write e.g. q0.99")
+        return
     if not math.isfinite(value):
         raise ConfigError(f"config key '{key}': {value!r} is not a finite number")
     if space == "cosine" and not -1.0 <= value <= 1.0:
@@ -147,6 +152,10 @@ def _check_references(cfg: dict[str, Any]) -> None:
     need = _need
 
     need("teacher", "teacher", cfg["teacher"], teachers)
+    clash = sorted(set(teachers) & set(cfg.get("image_features", {})))
+    if clash:
+        raise ConfigError(f"config key 'image_features.{clash[0]}': the alias is also a CLIP teacher (teachers."
+                          f"{clash[0]}); feature caches share one folder per alias, so give it another name")
     for name, ds in datasets.items():
         if ds["pairs"] is not None:
             need("caption corpus", f"datasets.{name}.pairs", ds["pairs"], captions)
@@ -187,6 +196,9 @@ def _check_references(cfg: dict[str, Any]) -> None:
             need("dataset", f"objectives.{obj}.dataset", override["dataset"], datasets)
         if "threshold" in override:
             _check_threshold(f"objectives.{obj}.threshold", override["threshold"], space)
+    if any(c.objective == "mcse" for c in all_cells(cfg)) and cfg.get("baselines", {}).get("mcse") == "released":
+        need("image-feature extractor", "baselines.mcse_features", cfg["baselines"]["mcse_features"],
+             cfg.get("image_features", {}))
     # Objectives that distil from the teacher need a caption corpus to pair with.
     for obj in main["objectives"]:
         forced = cfg.get("objectives", {}).get(obj, {}).get("dataset")
@@ -279,8 +291,12 @@ def _check_paths(cfg: dict[str, Any]) -> None:
                 raise ConfigError(f"config key '{key}': {exc}") from exc
         elif (_looks_like_path(model) or Path(model).exists()) and not Path(model).is_dir():
             raise _missing(key, model, "model folder", " (a hub id has the form name or org/name)")
-    if any(c.objective != "simcse" for c in cells):
-        alias = cfg["teacher"]
+    for alias in sorted({cell_teacher(cfg, c) for c in cells} - {None}):
+        if alias in cfg.get("image_features", {}):
+            weights = cfg["image_features"][alias]["weights"]
+            if _looks_like_checkpoint(weights) and not Path(weights).is_file():
+                raise _missing(f"image_features.{alias}.weights", weights, "state-dict file")
+            continue
         teacher = cfg["teachers"][alias]
         if _looks_like_checkpoint(teacher["pretrained"]) and not Path(teacher["pretrained"]).is_file():
             raise _missing(f"teachers.{alias}.pretrained", teacher["pretrained"], "checkpoint file")

@@ -9,6 +9,7 @@ groups may coincide; they are trained once.
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,11 @@ from kdmcse.errors import KdmcseError
 from kdmcse.io import sha256_file
 
 OBJECTIVES = ("simcse", "mcse", "kdmcse")
+# A threshold given as a quantile of the teacher's negative scores: "q0.99" masks the top 1 % of negatives.
+QUANTILE_RE = re.compile(r"^q(0?\.[0-9]+|0|1(\.0*)?)$")
+# What each baseline choice forces on its cells (config key `baselines`); the released code's choice is the default.
+BASELINE_FORCES = {("simcse", "wiki"): {"dataset": "wiki", "margin": 0.0}}
+ONE_CAPTION_SUFFIX = "-onecap"  # caption corpus <name>-onecap: corpus <name> with one random caption per image
 
 
 def fmt_number(x: float) -> str:
@@ -30,7 +36,7 @@ class Cell:
     backbone: str
     objective: str
     margin: float
-    threshold: float | None  # None = threshold filtering off
+    threshold: float | str | None  # None = threshold filtering off; "q0.99" = a quantile of the negative scores
 
     @property
     def margin_label(self) -> str:
@@ -38,7 +44,7 @@ class Cell:
 
     @property
     def threshold_label(self) -> str:
-        return "off" if self.threshold is None else fmt_number(self.threshold)
+        return threshold_label(self.threshold)
 
     @property
     def path(self) -> str:
@@ -55,13 +61,38 @@ class Cell:
         }
 
 
-def parse_threshold(value: Any) -> float | None:
-    return None if value in ("off", None) else float(value)
+def is_quantile(value: Any) -> bool:
+    """Whether a threshold is a quantile of the negative-score distribution ("q0.99")."""
+    return isinstance(value, str) and bool(QUANTILE_RE.match(value))
+
+
+def quantile_level(value: str) -> float:
+    """"q0.99" -> 0.99."""
+    return float(value[1:])
+
+
+def parse_threshold(value: Any) -> float | str | None:
+    """"off"/None -> None; "q0.99" -> "q0.99" (normalised); a number (or its text) -> float."""
+    if value in ("off", None):
+        return None
+    if isinstance(value, str) and value.startswith("q"):
+        if not is_quantile(value):
+            raise KdmcseError(f"threshold {value!r}: a quantile is q followed by a level in [0, 1], e.g. q0.99")
+        return "q" + fmt_number(quantile_level(value))
+    return float(value)
+
+
+def threshold_label(value: float | str | None) -> str:
+    """Path label of a threshold: off, 0.9 or q0.99."""
+    if value is None:
+        return "off"
+    return value if isinstance(value, str) else fmt_number(value)
 
 
 def make_cell(cfg: dict[str, Any], dataset: str, backbone: str, objective: str, margin: Any, threshold: Any) -> Cell:
-    """Build a cell, applying what the objective forces (config key `objectives.<name>`)."""
-    forced = cfg.get("objectives", {}).get(objective, {})
+    """Build a cell, applying what the objective forces (config keys `baselines` and `objectives.<name>`)."""
+    choice = cfg.get("baselines", {}).get(objective)
+    forced = {**BASELINE_FORCES.get((objective, choice), {}), **cfg.get("objectives", {}).get(objective, {})}
     return Cell(
         dataset=forced.get("dataset", dataset),
         backbone=backbone,
@@ -138,11 +169,54 @@ def resolve_model(name: str) -> str:
     return str(folder)
 
 
+def released_mcse(cfg: dict[str, Any], cell: Cell) -> bool:
+    """MCSE as MCSE released it: image features of `baselines.mcse_features`, one random caption per image."""
+    return cell.objective == "mcse" and cfg.get("baselines", {}).get("mcse", "released") == "released"
+
+
+def caption_spec(cfg: dict[str, Any], name: str) -> dict[str, Any]:
+    """The config of caption corpus `name`; `<base>-onecap` is corpus `base` with one random caption per image."""
+    captions = cfg.get("captions", {})
+    if name in captions:
+        return captions[name]
+    base = name.removesuffix(ONE_CAPTION_SUFFIX)
+    if name.endswith(ONE_CAPTION_SUFFIX) and base in captions:
+        return {**captions[base], "one_caption_per_image": True}
+    raise KdmcseError(f"caption corpus {name!r} is not defined under config key 'captions'")
+
+
+def cell_pairs(cfg: dict[str, Any], cell: Cell) -> str | None:
+    """The caption corpus a cell trains on (None: text only). SimCSE reads only the captions' text."""
+    pairs = cfg["datasets"][cell.dataset]["pairs"]
+    if pairs is None or not released_mcse(cfg, cell) or caption_spec(cfg, pairs).get("one_caption_per_image"):
+        return pairs
+    return pairs + ONE_CAPTION_SUFFIX
+
+
+def cell_teacher(cfg: dict[str, Any], cell: Cell) -> str | None:
+    """Alias of the feature cache a cell distils from: a CLIP teacher, or an image-feature extractor (MCSE)."""
+    if cell.objective == "simcse" or cfg["datasets"][cell.dataset]["pairs"] is None:
+        return None
+    if released_mcse(cfg, cell):
+        return cfg["baselines"].get("mcse_features", "resnet50")
+    return cfg["teacher"]
+
+
+def feature_spec(cfg: dict[str, Any], alias: str) -> dict[str, Any]:
+    """Config of a feature cache alias: a `teachers` entry (CLIP) or an `image_features` entry."""
+    if alias in cfg.get("image_features", {}):
+        return {"kind": "image", **cfg["image_features"][alias]}
+    if alias in cfg["teachers"]:
+        return {"kind": "clip", **cfg["teachers"][alias]}
+    raise KdmcseError(f"feature extractor {alias!r} is under neither 'teachers' nor 'image_features'")
+
+
 def run_config(cfg: dict[str, Any], cell: Cell) -> dict[str, Any]:
     """The complete, self-contained training config of one cell (see docs/architecture.md §4)."""
     tr, bb = cfg["train"], cfg["backbones"][cell.backbone]
-    teacher = cfg["teachers"][cfg["teacher"]]
-    identity = {"model": teacher["model"], "pretrained": teacher["pretrained"]}
+    teacher = feature_spec(cfg, cell_teacher(cfg, cell) or cfg["teacher"])
+    pretrained = teacher["pretrained"] if teacher["kind"] == "clip" else teacher["weights"]
+    identity = {"model": teacher["model"], "pretrained": pretrained}
     if teacher.get("model_config"):
         # a custom architecture is known by its config (the cache records the same hash); only present then, so
         # the run configs of every other teacher stay as they were
@@ -162,6 +236,7 @@ def run_config(cfg: dict[str, Any], cell: Cell) -> dict[str, Any]:
         "margin2": float(cell.margin),
         "threshold": cell.threshold,
         "threshold_space": tr["threshold_space"],
+        "threshold_check": tr["threshold_check"],
         "inter_reduction": tr["inter_reduction"],
         "proj_dim": int(tr["proj_dim"]),
         "max_seq_length": int(tr["max_seq_length"]),
@@ -170,5 +245,6 @@ def run_config(cfg: dict[str, Any], cell: Cell) -> dict[str, Any]:
         "log_every": int(tr["log_every"]),
         "pooling": tr["pooling"],
         "precision": tr["precision"],
+        "head_init": tr["head_init"],
         "teacher": identity,
     }
