@@ -30,6 +30,7 @@ localrules:
     shards,
     report,
     report_scale,
+    score_plot,
 
 
 rule all:

@@ -195,7 +195,7 @@ def cell_pairs(cfg: dict[str, Any], cell: Cell) -> str | None:
 
 def cell_teacher(cfg: dict[str, Any], cell: Cell) -> str | None:
     """Alias of the feature cache a cell distils from: a CLIP teacher, or an image-feature extractor (MCSE)."""
-    if cell.objective == "simcse" or cfg["datasets"][cell.dataset]["pairs"] is None:
+    if cell.objective == "simcse":
         return None
     if released_mcse(cfg, cell):
         return cfg["baselines"].get("mcse_features", "resnet50")

@@ -69,7 +69,8 @@ def run_config(model: Path, **over) -> dict:
         "lambda": 0.5, "temperature": 0.05, "temperature_vl": 0.05, "margin1": 0.15, "margin2": 0.15,
         "threshold": None, "threshold_space": "cosine", "inter_reduction": "sum", "proj_dim": 6,
         "max_seq_length": 16, "eval_steps": 2, "pooling": "cls_before_pooler", "precision": "fp32",
-        "teacher": dict(TEACHER), "checkpoint_minutes": None, "log_every": 3,
+        "teacher": dict(TEACHER), "checkpoint_minutes": None, "log_every": 3, "threshold_check": "warn",
+        "head_init": "hf",
     }
     cfg.update(over)
     return cfg
@@ -439,7 +440,7 @@ def test_cache_of_another_teacher_model_config_is_refused(tiny_bert_dir, tmp_pat
         "train": {"epochs": 1, "max_steps": 6, "lambda": 0.5, "temperature": 0.05, "temperature_vl": 0.05,
                   "margin1": "tied", "threshold_space": "cosine", "inter_reduction": "sum", "proj_dim": 6,
                   "max_seq_length": 16, "eval_steps": 2, "checkpoint_minutes": None, "log_every": 50, "pooling": "cls_before_pooler",
-                  "precision": "fp32"},
+                  "precision": "fp32", "threshold_check": "warn", "head_init": "hf"},
     }
     rc = grid_run_config(cfg, Cell("wiki+x", "tiny", "kdmcse", 0.15, None))
     with pytest.raises(KdmcseError, match="model_config_sha256"):

@@ -1,6 +1,7 @@
 """`python -m kdmcse report`: the paper's tables and plots, rebuilt from metrics JSON files only.
 
-`python -m kdmcse report scale …` writes the scale experiment's table and plot instead (`kdmcse.report.scale`).
+`python -m kdmcse report scale …` writes the scale experiment's table and plot instead (`kdmcse.report.scale`), and
+`python -m kdmcse report scores …` the score histogram of a teacher cache (`kdmcse.report.score_plot`).
 
 Every input is read and checked before anything is written, so a bad file leaves the previous outputs intact;
 each output is then written atomically.
@@ -43,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         from kdmcse.report.scale import main as scale_main
 
         return scale_main(argv[1:])
+    if argv and argv[0] == "scores":  # `report scores …`: a teacher cache's score histogram with the thresholds
+        from kdmcse.report.score_plot import main as scores_main
+
+        return scores_main(argv[1:])
     args = build_parser().parse_args(argv)
     note = args.caption_note.strip()
     # Read and validate everything first.

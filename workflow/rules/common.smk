@@ -12,10 +12,15 @@ from kdmcse.grid import (
     Cell,
     ablation_cells,
     all_cells,
+    caption_spec,
+    cell_pairs,
+    cell_teacher,
+    feature_spec,
     main_cells,
     parse_threshold,
     run_config,
     scale_cells,
+    threshold_label,
     transfer_cells,
 )
 
@@ -37,8 +42,9 @@ wildcard_constraints:
     backbone=r"[A-Za-z0-9_-]+",
     objective=r"simcse|mcse|kdmcse",
     margin=r"[0-9.]+",
-    threshold=r"off|-?[0-9.]+",
+    threshold=r"off|-?[0-9.]+|q[0-9.]+",
     seed=r"\d+",
+    batch=r"\d+",
 
 
 CELL = "{dataset}/{backbone}/{objective}/margin~{margin}_threshold~{threshold}"
@@ -140,9 +146,8 @@ def shlex_quote(s):
 
 
 def caption_corpus(name):
-    if name not in config["captions"]:
-        raise ValueError(f"caption corpus {name!r} is not defined under config key 'captions'")
-    return config["captions"][name]
+    """Config of a caption corpus; `<name>-onecap` is corpus <name> with one random caption per image (MCSE)."""
+    return caption_spec(config, name)
 
 
 def captions_inputs(w):
@@ -224,9 +229,8 @@ def shard_processes(w):
 # --- teacher stage helpers
 
 def teacher_spec(name):
-    if name not in config["teachers"]:
-        raise ValueError(f"teacher {name!r} is not defined under config key 'teachers'")
-    return config["teachers"][name]
+    """A CLIP teacher (config `teachers`) or an image-feature extractor (config `image_features`), with its kind."""
+    return feature_spec(config, name)
 
 
 def teacher_model_config_sha256(name):
@@ -246,6 +250,10 @@ def teacher_inputs(w):
 
 def teacher_args(w):
     t = teacher_spec(w.teacher)
+    if t["kind"] == "image":  # a torchvision ResNet: images only (the released MCSE baseline's features)
+        args = ["--kind", "image", "--model", t["model"], "--pretrained", t["weights"],
+                "--precision", t.get("precision", "fp32"), "--batch-size", str(t.get("batch_size", 64))]
+        return " ".join(map(shlex_quote, args))
     args = ["--model", t["model"], "--pretrained", t["pretrained"], "--precision", t.get("precision", "auto")]
     args += ["--batch-size", str(t.get("batch_size", 256))]
     if t.get("model_config"):
@@ -260,13 +268,38 @@ def teacher_args(w):
 
 # --- train stage helpers
 
+def score_stats_path(pairs, teacher, batch):
+    return f"results/teacher/{pairs}/{teacher}/scores/batch~{int(batch)}.json"
+
+
+def cell_score_stats(cell):
+    """The score statistics a KDMCSE cell's threshold is calibrated on (None for the other objectives)."""
+    pairs = cell_pairs(config, cell)
+    if cell.objective != "kdmcse" or not pairs:
+        return None
+    return score_stats_path(pairs, cell_teacher(config, cell), config["backbones"][cell.backbone]["batch_size"])
+
+
+def score_stats_cells():
+    """Score-statistics file -> the KDMCSE cells that train from that cache at that batch size."""
+    out = {}
+    for cell in all_cells(config):
+        path = cell_score_stats(cell)
+        if path:
+            out.setdefault(path, []).append(cell)
+    return out
+
+
 def train_inputs(w):
     cell = cell_of(w)
     inputs = {"text": "results/corpora/wiki.parquet", "senteval": SENTEVAL}
-    pairs = config["datasets"][cell.dataset]["pairs"]
-    if cell.objective != "simcse" and pairs:
+    pairs, teacher = cell_pairs(config, cell), cell_teacher(config, cell)
+    if pairs:  # SimCSE reads the captions as text batches (baselines.simcse: released), without a teacher
         inputs["pairs"] = f"results/corpora/captions_{pairs}.parquet"
-        inputs["teacher"] = f"results/teacher/{pairs}/{config['teacher']}/captions.parquet"
+    if pairs and teacher:
+        inputs["teacher"] = f"results/teacher/{pairs}/{teacher}/captions.parquet"
+    if cell.threshold is not None and cell_score_stats(cell):
+        inputs["score_stats"] = cell_score_stats(cell)
     return inputs
 
 
@@ -282,9 +315,14 @@ def train_launcher():
 
 
 def train_pair_args(w, input):
-    if "pairs" not in input.keys():
-        return ""
-    return f"--pairs {shlex_quote(input.pairs)} --teacher {shlex_quote(str(Path(input.teacher).parent))}"
+    args = []
+    if "pairs" in input.keys():
+        args += ["--pairs", input.pairs]
+    if "teacher" in input.keys():
+        args += ["--teacher", str(Path(input.teacher).parent)]
+    if "score_stats" in input.keys():
+        args += ["--score-stats", input.score_stats]
+    return " ".join(map(shlex_quote, args))
 
 
 # --- evaluate stage helpers
