@@ -18,7 +18,7 @@ import jsonschema
 import yaml
 
 from kdmcse.errors import KdmcseError
-from kdmcse.grid import ablation_cells, all_cells, cell_teacher, is_quantile, quantile_level, resolve_model
+from kdmcse.grid import BASELINE_FORCES, ablation_cells, all_cells, cell_teacher, is_quantile, quantile_level, resolve_model
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -311,13 +311,16 @@ def _check_ablations(cfg: dict[str, Any]) -> None:
         if len(cells) >= n:
             continue
         obj = abl["objective"]
-        forced = cfg.get("objectives", {}).get(obj, {})
+        choice = cfg.get("baselines", {}).get(obj)
+        # what forces the axis: an `objectives` override, or the baseline choice (`baselines.simcse: wiki`)
+        forced = {f"objectives.{obj}.{k}": v for k, v in cfg.get("objectives", {}).get(obj, {}).items() if k == axis}
+        forced |= {f"baselines.{obj}: {choice}": v for k, v in BASELINE_FORCES.get((obj, choice), {}).items() if k == axis}
         got = f"{len(cells)} cell{'s' if len(cells) != 1 else ''}"
-        if axis in forced:
+        for key, value in forced.items():
             raise ConfigError(
-                f"config key 'grid.ablations.{axis}': objective {obj} forces {axis} {forced[axis]!r} (config key "
-                f"objectives.{obj}.{axis}), so the {n} values give {got}; ablate an objective the {axis} applies "
-                "to (kdmcse), or remove that override"
+                f"config key 'grid.ablations.{axis}': objective {obj} forces {axis} {value!r} (config key "
+                f"{key}), so the {n} values give {got}; ablate an objective the {axis} applies to (kdmcse), or "
+                "change that setting"
             )
         raise ConfigError(f"config key 'grid.ablations.{axis}.values': the {n} values give only {got}; "
                           "give each value once")

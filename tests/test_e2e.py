@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import build_tiny_bert
-from e2e_fixtures import TINY_CLIP, coco_archives, senteval_tar, wiki_text
+from e2e_fixtures import TINY_CLIP, TINY_IMAGE_FEATURES, coco_archives, senteval_tar, wiki_text
 from http_server import FixtureServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,6 +79,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory):
                 "tinyclip": {"model": "kdmcse-tiny-clip", "pretrained": "none", "model_config": str(clip_cfg), "batch_size": 8}
             },
             "teacher": "tinyclip",
+            "image_features": TINY_IMAGE_FEATURES,
+            "baselines": {"mcse_features": "tinyresnet"},
             "backbones": {"tiny": {"model": str(student), "lr": 1.0e-3, "batch_size": 8}},
             "train": {"max_steps": 6, "eval_steps": 3, "log_every": 2, "proj_dim": 16},
             "grid": {
@@ -92,7 +94,9 @@ def workdir(tmp_path_factory: pytest.TempPathFactory):
                 },
                 "ablations": {
                     "margin": {"dataset": "wiki+tiny", "backbone": "tiny", "objective": "kdmcse", "values": [0.1, 0.15]},
-                    "threshold": {"dataset": "wiki+tiny", "backbone": "tiny", "objective": "kdmcse", "values": ["off", 0.9]},
+                    # quantiles of the negative scores: the top 10 % and 30 % masked
+                    "threshold": {"dataset": "wiki+tiny", "backbone": "tiny", "objective": "kdmcse",
+                                  "values": ["off", "q0.9", "q0.7"]},
                 },
             },
             "evaluate": {"transfer": "main", "batch_size": 16},
@@ -106,7 +110,11 @@ def test_first_run_reaches_the_tables(workdir):
     work, server = workdir
     out = snakemake(work, "results/tables/main.tex")
     counts = job_counts(out)
-    assert counts["train"] == 5 and counts["evaluate_sts"] == 5 and counts["teacher"] == 1
+    # SimCSE, MCSE, KDMCSE (m 0.15), KDMCSE m 0.1, two threshold cells
+    assert counts["train"] == 6 and counts["evaluate_sts"] == 6
+    # the CLIP teacher on the captions, the MCSE baseline's ResNet on one caption per image
+    assert counts["teacher"] == 2 and counts["prepare_captions"] == 2
+    assert counts["teacher_scores"] == 1 and counts["score_plot"] == 1
     assert counts["evaluate_transfer"] == 3  # SimCSE, MCSE, KDMCSE of the main table
     # Every download went through the mirror on 127.0.0.1.
     served = {path for path, _ in server.requests}
@@ -131,6 +139,33 @@ def test_first_run_reaches_the_tables(workdir):
     assert -100 <= metrics["sts"]["avg"] <= 100
     meta = json.loads((work / "results/students/wiki+tiny/tiny/kdmcse/margin~0.15_threshold~off/seed~0/run_meta.json").read_text())
     assert meta["run_config"]["margin2"] == 0.15
+    assert meta["threshold"] is None and meta["mask_rate"] is None
+
+
+def test_threshold_cells_mask_distinct_measured_shares(workdir):
+    """Each threshold cell records a distinct, non-zero mask rate (it filters), resolved from the statistics."""
+    work, _ = workdir
+    stats = json.loads((work / "results/teacher/tiny/tinyclip/scores/batch~8.json").read_text())
+    assert stats["batch_size"] == 8 and stats["spaces"]["cosine"]["image"]["negatives"]["n"] == 200 * 8 * 7
+    rates = {}
+    for q in ("q0.9", "q0.7"):
+        meta = json.loads((work / f"results/students/wiki+tiny/tiny/kdmcse/margin~0.15_threshold~{q}/seed~0/"
+                           "run_meta.json").read_text())
+        plan, measured = meta["threshold"], meta["mask_rate"]
+        assert plan["configured"] == q and plan["space"] == "cosine"
+        assert plan["expected_mask_rate"]["image"] == pytest.approx(1 - float(q[1:]), abs=0.01)
+        assert measured["paired_steps"] == meta["paired_steps"] >= 1
+        assert measured["image"] > 0 and measured["image"] == measured["text"]  # the text mask is the transpose
+        rates[q] = measured["image"]
+    assert rates["q0.9"] < rates["q0.7"]
+    table = pd.read_csv(work / "results" / "tables" / "ablation_threshold.csv")
+    ours = table[table["kind"] == "ours"].set_index("threshold")
+    assert ours.loc["off", "mask_rate_image"] == 0.0
+    for q, rate in rates.items():
+        assert ours.loc[q, "mask_rate_image"] == pytest.approx(rate)
+    tex = (work / "results" / "tables" / "ablation_threshold.tex").read_text()
+    assert "Mask" in tex and f"{100 * rates['q0.9']:.2f}" in tex
+    assert (work / "results/teacher/tiny/tinyclip/scores/batch~8.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_html_report_has_the_tables_and_plots(workdir):

@@ -54,7 +54,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory):
                                       "model_config": str(clip_cfg), "batch_size": 8}},
             "teacher": "tinyclip",
             "backbones": {"tiny": {"model": str(student), "lr": 1.0e-3, "batch_size": 8}},
-            "train": {"max_steps": 4, "eval_steps": 2, "checkpoint_steps": 2, "proj_dim": 16},
+            "train": {"max_steps": 4, "eval_steps": 2, "log_every": 2, "proj_dim": 16},
             "grid": {
                 "seeds": [0],
                 "main": {"datasets": ["wiki+coco"], "backbones": ["tiny"], "objectives": ["kdmcse"],
