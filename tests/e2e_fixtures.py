@@ -252,8 +252,10 @@ def read_trace(trace: Path) -> list[Run]:
 
 
 def gpu_stage_runs(trace: Path) -> list[Run]:
-    """The stage processes of GPU jobs (teacher, train, evaluate), not the `kdmcse gpus` launchers around them."""
-    return [r for r in read_trace(trace) if r.stage in ("teacher", "train", "evaluate")]
+    """The stage processes of GPU jobs (teacher, train, evaluate), not the `kdmcse gpus` launchers around them nor
+    the CPU job `kdmcse teacher scores` (the score statistics of a cache)."""
+    return [r for r in read_trace(trace) if r.stage in ("teacher", "train", "evaluate")
+            and "-m kdmcse teacher scores" not in r.args]
 
 
 def overlapping(runs: list[Run]) -> list[tuple[Run, Run]]:
