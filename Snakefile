@@ -31,6 +31,7 @@ localrules:
     report,
     report_scale,
     curves,
+    score_plot,
 
 
 rule all:

@@ -239,8 +239,8 @@ def rss(args: argparse.Namespace, tmp: Path) -> None:
            "max_steps": args.steps, "lambda": 0.01, "temperature": 0.05, "temperature_vl": 0.05, "margin1": 0.15,
            "margin2": 0.15, "threshold": None, "threshold_space": "cosine", "inter_reduction": "sum",
            "proj_dim": 32, "max_seq_length": 32, "eval_steps": 10**6, "pooling": "cls_before_pooler",
-           "precision": "fp32", "teacher": {"model": "synthetic", "pretrained": "none"},
-           "checkpoint_minutes": None, "log_every": 50}
+           "precision": "fp32", "teacher": {"model": "synthetic", "pretrained": "none"}, "checkpoint_minutes": None,
+           "log_every": 50, "threshold_check": "warn", "head_init": "hf"}
     results = []
     for n in rows:
         t0 = time.perf_counter()

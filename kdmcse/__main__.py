@@ -19,7 +19,7 @@ STAGES = {
     "train": "kdmcse.train.loop",
     "evaluate": "kdmcse.evaluate.cli",
     "report": "kdmcse.report.cli",
-    "config": "kdmcse.config",
+    "config": "kdmcse.config_cli",
     "gpus": "kdmcse.gpus",  # not a stage: the launcher that gives each GPU job its own devices
 }
 # one line each for the top-level help, in the order of the data flow

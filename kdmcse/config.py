@@ -6,9 +6,7 @@ rather than hours into a training job. Defaults from the schema are filled in.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import math
 import os
 import re
@@ -19,7 +17,7 @@ import jsonschema
 import yaml
 
 from kdmcse.errors import KdmcseError
-from kdmcse.grid import ablation_cells, all_cells, find_cell, resolve_model, run_config, train_command
+from kdmcse.grid import BASELINE_FORCES, ablation_cells, all_cells, cell_teacher, is_quantile, quantile_level, resolve_model
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -75,7 +73,7 @@ def _message(err: jsonschema.ValidationError) -> str:
     if err.validator in {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}:
         return f"config key '{key}': {inst!r} is out of range ({err.message.split(' is ', 1)[-1]})"
     if err.validator == "oneOf" and "threshold" in key:
-        return f"config key '{key}': {inst!r} is not \"off\" or a number"
+        return f"config key '{key}': {inst!r} is not \"off\", a number or a quantile such as \"q0.99\""
     if err.validator == "oneOf" and "margin" in key:
         return f"config key '{key}': {inst!r} must be a margin in radians within [0, pi/2] (or \"tied\" for margin1)"
     if err.validator == "minItems" and not inst:
@@ -127,6 +125,11 @@ def _fill_defaults(node: Any, schema: dict[str, Any], defs: dict[str, Any]) -> A
 def _check_threshold(key: str, value: Any, space: str) -> None:
     if value == "off":
         return
+    if is_quantile(value):
+        if not 0.0 < quantile_level(value) < 1.0:
+            raise ConfigError(f"config key '{key}': {value!r} is not a quantile level strictly between 0 and 1 "
+                              "(q0 would mask every negative, q1 none); write e.g. q0.99")
+        return
     if not math.isfinite(value):
         raise ConfigError(f"config key '{key}': {value!r} is not a finite number")
     if space == "cosine" and not -1.0 <= value <= 1.0:
@@ -148,6 +151,10 @@ def _check_references(cfg: dict[str, Any]) -> None:
     need = _need
 
     need("teacher", "teacher", cfg["teacher"], teachers)
+    clash = sorted(set(teachers) & set(cfg.get("image_features", {})))
+    if clash:
+        raise ConfigError(f"config key 'image_features.{clash[0]}': the alias is also a CLIP teacher (teachers."
+                          f"{clash[0]}); feature caches share one folder per alias, so give it another name")
     for name, ds in datasets.items():
         if ds["pairs"] is not None:
             need("caption corpus", f"datasets.{name}.pairs", ds["pairs"], captions)
@@ -188,6 +195,9 @@ def _check_references(cfg: dict[str, Any]) -> None:
             need("dataset", f"objectives.{obj}.dataset", override["dataset"], datasets)
         if "threshold" in override:
             _check_threshold(f"objectives.{obj}.threshold", override["threshold"], space)
+    if any(c.objective == "mcse" for c in all_cells(cfg)) and cfg.get("baselines", {}).get("mcse") == "released":
+        need("image-feature extractor", "baselines.mcse_features", cfg["baselines"]["mcse_features"],
+             cfg.get("image_features", {}))
     # Objectives that distil from the teacher need a caption corpus to pair with.
     for obj in main["objectives"]:
         forced = cfg.get("objectives", {}).get(obj, {}).get("dataset")
@@ -280,8 +290,12 @@ def _check_paths(cfg: dict[str, Any]) -> None:
                 raise ConfigError(f"config key '{key}': {exc}") from exc
         elif (_looks_like_path(model) or Path(model).exists()) and not Path(model).is_dir():
             raise _missing(key, model, "model folder", " (a hub id has the form name or org/name)")
-    if any(c.objective != "simcse" for c in cells):
-        alias = cfg["teacher"]
+    for alias in sorted({cell_teacher(cfg, c) for c in cells} - {None}):
+        if alias in cfg.get("image_features", {}):
+            weights = cfg["image_features"][alias]["weights"]
+            if _looks_like_checkpoint(weights) and not Path(weights).is_file():
+                raise _missing(f"image_features.{alias}.weights", weights, "state-dict file")
+            continue
         teacher = cfg["teachers"][alias]
         if _looks_like_checkpoint(teacher["pretrained"]) and not Path(teacher["pretrained"]).is_file():
             raise _missing(f"teachers.{alias}.pretrained", teacher["pretrained"], "checkpoint file")
@@ -296,13 +310,16 @@ def _check_ablations(cfg: dict[str, Any]) -> None:
         if len(cells) >= n:
             continue
         obj = abl["objective"]
-        forced = cfg.get("objectives", {}).get(obj, {})
+        choice = cfg.get("baselines", {}).get(obj)
+        # what forces the axis: an `objectives` override, or the baseline choice (`baselines.simcse: wiki`)
+        forced = {f"objectives.{obj}.{k}": v for k, v in cfg.get("objectives", {}).get(obj, {}).items() if k == axis}
+        forced |= {f"baselines.{obj}: {choice}": v for k, v in BASELINE_FORCES.get((obj, choice), {}).items() if k == axis}
         got = f"{len(cells)} cell{'s' if len(cells) != 1 else ''}"
-        if axis in forced:
+        for key, value in forced.items():
             raise ConfigError(
-                f"config key 'grid.ablations.{axis}': objective {obj} forces {axis} {forced[axis]!r} (config key "
-                f"objectives.{obj}.{axis}), so the {n} values give {got}; ablate an objective the {axis} applies "
-                "to (kdmcse), or remove that override"
+                f"config key 'grid.ablations.{axis}': objective {obj} forces {axis} {value!r} (config key "
+                f"{key}), so the {n} values give {got}; ablate an objective the {axis} applies to (kdmcse), or "
+                "change that setting"
             )
         raise ConfigError(f"config key 'grid.ablations.{axis}.values': the {n} values give only {got}; "
                           "give each value once")
@@ -374,66 +391,3 @@ def merge_into(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
         else:
             base[key] = copy.deepcopy(value)
     return base
-
-
-def schema_docs(schema: dict[str, Any] | None = None) -> str:
-    """A Markdown table of every config key with its description and default, generated from the schema."""
-    schema = schema or load_schema()
-    defs = schema.get("definitions", {})
-    rows: list[tuple[str, str, str]] = []
-
-    def walk(node: dict[str, Any], path: str) -> None:
-        for name, sub in (node.get("properties") or {}).items():
-            ref = defs.get(sub.get("$ref", "").split("/")[-1], {})
-            desc = sub.get("description") or ref.get("description", "")
-            default = sub.get("default", ref.get("default", ""))
-            shown = "" if default == "" and "default" not in sub else f"`{yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()}`"
-            rows.append((f"`{path}{name}`", " ".join(str(desc).split()), shown))
-            walk(sub, f"{path}{name}.")
-        extra = node.get("additionalProperties")
-        if isinstance(extra, dict) and extra.get("properties"):
-            walk(extra, f"{path}<name>.")
-
-    walk(schema, "")
-    lines = ["| key | meaning | default |", "|---|---|---|"]
-    lines += [f"| {k} | {d} | {v} |" for k, d, v in rows]
-    return "\n".join(lines) + "\n"
-
-
-CONFIG_README_HEAD = """# Configuration
-
-`config/config.yaml` reproduces the paper; `config/demo.yaml` is a small overlay (`--configfile config/demo.yaml`),
-and `config/offline.yaml` adds the settings for a machine without internet. Later files override keys of earlier
-ones, recursively; `--config key=value` overrides last. Every key is validated at DAG build against
-`workflow/schemas/config.schema.yaml`: a mistake stops the run before any job with one line naming the key.
-`config/sources.yaml` is the download registry and `config/paper_results.yaml` holds the paper's numbers.
-
-Write floats with a dot (`3.0e-5`, not `3e-5`: YAML reads the latter as text) and quote `"off"` (bare `off` is
-the boolean false in YAML).
-
-This table is generated from the schema (`python -m kdmcse config --docs`).
-
-"""
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kdmcse config", description="Validate config files (merged in order).")
-    parser.add_argument("files", nargs="*", help="YAML files, e.g. config/config.yaml config/demo.yaml")
-    parser.add_argument("--docs", action="store_true", help="print config/README.md, generated from the schema")
-    parser.add_argument("--cell", help="print the run config of this cell (its path under results/students/)")
-    parser.add_argument("--seed", type=int, default=0, help="with --cell: the seed (default 0)")
-    parser.add_argument("--command", action="store_true", help="with --cell: print the whole train command instead")
-    args = parser.parse_args(argv)
-    if args.docs:
-        print(CONFIG_README_HEAD + schema_docs(), end="")
-        return 0
-    if not args.files and not args.cell:
-        parser.error("give config files to validate, or --docs")
-    cfg = validate_config(load_config(args.files or ["config/config.yaml"]))
-    if args.cell:  # the rule's run config, exactly: `python -m kdmcse train --run-config @FILE` runs it by hand
-        cell = find_cell(cfg, args.cell)
-        print(train_command(cfg, cell, args.seed) if args.command else json.dumps(run_config(cfg, cell), indent=2,
-                                                                                 sort_keys=True))
-        return 0
-    print(f"ok: {len(all_cells(cfg))} cells x {len(cfg['grid']['seeds'])} seeds")
-    return 0

@@ -145,6 +145,10 @@ TINY_CLIP = {
 }
 
 
+# A random-init ResNet-18 stands in for the released MCSE baseline's ResNet-50 (offline, and 4x faster on a CPU).
+TINY_IMAGE_FEATURES = {"tinyresnet": {"model": "resnet18", "weights": "none", "batch_size": 8}}
+
+
 # --- a runnable copy of the workflow on these fixtures (shared by the end-to-end tests of the launchers)
 
 WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "profiles", "envs")
@@ -182,6 +186,9 @@ def small_config(work: Path, mirror_url: str, objectives: tuple[str, ...] = ("si
         "teachers": {"tinyclip": {"model": "kdmcse-tiny-clip", "pretrained": "none", "model_config": str(clip_cfg),
                                   "batch_size": 8}},
         "teacher": "tinyclip",
+        # the released MCSE baseline's image features, small and random (no torchvision download)
+        "image_features": TINY_IMAGE_FEATURES,
+        "baselines": {"mcse_features": "tinyresnet"},
         "backbones": {"tiny": {"model": str(student), "lr": 1.0e-3, "batch_size": 8}},
         "train": {"max_steps": 6, "eval_steps": 3, "log_every": 2, "proj_dim": 16},
         "grid": {
@@ -245,8 +252,10 @@ def read_trace(trace: Path) -> list[Run]:
 
 
 def gpu_stage_runs(trace: Path) -> list[Run]:
-    """The stage processes of GPU jobs (teacher, train, evaluate), not the `kdmcse gpus` launchers around them."""
-    return [r for r in read_trace(trace) if r.stage in ("teacher", "train", "evaluate")]
+    """The stage processes of GPU jobs (teacher, train, evaluate), not the `kdmcse gpus` launchers around them nor
+    the CPU job `kdmcse teacher scores` (the score statistics of a cache)."""
+    return [r for r in read_trace(trace) if r.stage in ("teacher", "train", "evaluate")
+            and "-m kdmcse teacher scores" not in r.args]
 
 
 def overlapping(runs: list[Run]) -> list[tuple[Run, Run]]:

@@ -88,29 +88,41 @@ def test_cli_values_are_retyped_but_text_stays_text():
 def test_grid_counts_and_paths(base):
     cfg = validate_config(base)
     main = main_cells(cfg)
-    # SimCSE is forced onto wiki with margin 0, so it appears once per backbone.
+    # The released SimCSE reads the caption corpus's text, so it has one cell per dataset and backbone.
+    assert len(main) == 4 + 4 + 4
+    assert {c.path for c in main if c.objective == "simcse"} == {
+        f"wiki+{d}/{b}/simcse/margin~0.15_threshold~off" for d in ("flickr", "coco") for b in ("bert", "roberta")
+    }
+    margins = ablation_cells(cfg, "margin")
+    assert [c.margin_label for c in margins] == ["0.05", "0.1", "0.125", "0.15", "0.2"]
+    thresholds = ablation_cells(cfg, "threshold")
+    assert [c.threshold_label for c in thresholds] == ["off", "q0.995", "q0.99", "q0.95", "q0.9"]
+    # The ablations share their main-setting cell with the main table: 12 + 4 + 4 distinct cells.
+    assert len(all_cells(cfg)) == 20
+    assert len(transfer_cells(cfg)) == 12
+
+
+def test_wiki_only_simcse_is_forced_onto_wiki_with_margin_0(base):
+    cfg = validate_config(with_overlay(base, "baselines: {simcse: wiki}"))
+    main = main_cells(cfg)
     assert len(main) == 2 + 4 + 4
     assert {c.path for c in main if c.objective == "simcse"} == {
         "wiki/bert/simcse/margin~0_threshold~off",
         "wiki/roberta/simcse/margin~0_threshold~off",
     }
-    margins = ablation_cells(cfg, "margin")
-    assert [c.margin_label for c in margins] == ["0.05", "0.1", "0.125", "0.15", "0.2"]
-    thresholds = ablation_cells(cfg, "threshold")
-    assert [c.threshold_label for c in thresholds] == ["off", "0.8", "0.85", "0.9", "0.95"]
-    # The ablations share their main-setting cell with the main table: 10 + 4 + 4 distinct cells.
-    assert len(all_cells(cfg)) == 18
-    assert len(transfer_cells(cfg)) == 10
+    simcse = run_config(cfg, next(c for c in main if c.path == "wiki/roberta/simcse/margin~0_threshold~off"))
+    assert (simcse["margin1"], simcse["margin2"], simcse["threshold"]) == (0.0, 0.0, None)
 
 
 def test_run_config_ties_margins_and_forces_objective_settings(base):
     cfg = validate_config(base)
     cells = {c.path: c for c in all_cells(cfg)}
-    kd = run_config(cfg, cells["wiki+flickr/bert/kdmcse/margin~0.15_threshold~0.9"])
-    assert (kd["margin1"], kd["margin2"], kd["threshold"]) == (0.15, 0.15, 0.9)
+    kd = run_config(cfg, cells["wiki+flickr/bert/kdmcse/margin~0.15_threshold~q0.99"])
+    assert (kd["margin1"], kd["margin2"], kd["threshold"]) == (0.15, 0.15, "q0.99")
     assert kd["teacher"] == {"model": "ViT-L-14", "pretrained": "openai"}
-    simcse = run_config(cfg, cells["wiki/roberta/simcse/margin~0_threshold~off"])
-    assert (simcse["margin1"], simcse["margin2"], simcse["threshold"]) == (0.0, 0.0, None)
+    assert kd["head_init"] == "hf" and kd["threshold_check"] == "warn"
+    simcse = run_config(cfg, cells["wiki+flickr/roberta/simcse/margin~0.15_threshold~off"])
+    assert (simcse["margin1"], simcse["margin2"], simcse["threshold"]) == (0.15, 0.15, None)
     assert simcse["lr"] == 1.0e-5 and simcse["batch_size"] == 128
     fixed = run_config(validate_config(with_overlay(base, "train: {margin1: 0.1}")), cells["wiki+flickr/bert/kdmcse/margin~0.2_threshold~off"])
     assert (fixed["margin1"], fixed["margin2"]) == (0.1, 0.2)
@@ -153,7 +165,7 @@ def test_snakemake_reports_the_key_before_any_job(tmp_path):
 
 
 def test_config_readme_is_generated_from_the_schema():
-    from kdmcse.config import CONFIG_README_HEAD, schema_docs
+    from kdmcse.config_cli import CONFIG_README_HEAD, schema_docs
 
     readme = (ROOT / "config" / "README.md").read_text()
     assert readme == CONFIG_README_HEAD + schema_docs(), "regenerate: python -m kdmcse config --docs > config/README.md"
@@ -242,14 +254,14 @@ def test_unused_entries_are_not_checked_for_paths(base):
 @pytest.mark.parametrize(
     ("overlay", "key"),
     [
-        ("grid: {ablations: {margin: {objective: simcse}}}", "grid.ablations.margin"),
+        ("{baselines: {simcse: wiki}, grid: {ablations: {margin: {objective: simcse}}}}", "grid.ablations.margin"),
         ("grid: {ablations: {margin: {objective: mcse}}}", "grid.ablations.margin"),
         ("grid: {ablations: {threshold: {objective: simcse}}}", "grid.ablations.threshold"),
     ],
 )
 def test_ablation_that_collapses_to_one_cell_is_refused(base, overlay, key):
     msg = error_of(with_overlay(base, overlay))
-    assert f"'{key}" in msg and "1 cell" in msg and "objectives." in msg, msg
+    assert f"'{key}" in msg and "1 cell" in msg and ("objectives." in msg or "baselines.simcse: wiki" in msg), msg
 
 
 def test_repeated_ablation_value_is_refused(base):

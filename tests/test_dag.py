@@ -31,16 +31,30 @@ def test_paper_grid_plan():
         "download": 6,  # wiki1m, senteval, flickr images + captions, coco images + annotations
         "extract": 3,  # senteval, flickr images, coco images
         "prepare_wiki": 1,
-        "prepare_captions": 2,
-        "teacher": 2,  # flickr and coco, ViT-L-14
-        # main: 2 SimCSE (wiki, per backbone) + 4 MCSE + 4 KDMCSE; ablations add 4 margins + 4 thresholds
-        "train": 18 * 5,
-        "evaluate_sts": 18 * 5,
-        "evaluate_transfer": 10 * 5,  # transfer tasks for the main-table cells
-        "curves": 18,  # one figure per trained cell, its seeds overlaid
+        # flickr and coco, each also with one random caption per image (the released MCSE baseline)
+        "prepare_captions": 4,
+        # ViT-L-14 on flickr and coco; ResNet-50 image features on their one-caption versions (MCSE)
+        "teacher": 4,
+        # score statistics of the two ViT-L-14 caches at the two training batch sizes (bert 64, roberta 128)
+        "teacher_scores": 4,
+        "score_plot": 4,
+        # main: 4 SimCSE (the released SimCSE reads the caption text, so one per dataset and backbone) + 4 MCSE
+        # + 4 KDMCSE; ablations add 4 margins + 4 thresholds
+        "train": 20 * 5,
+        "evaluate_sts": 20 * 5,
+        "evaluate_transfer": 12 * 5,  # transfer tasks for the main-table cells
+        "curves": 20,  # one figure per trained cell, its seeds overlaid
         "report": 1,
-        "total": 6 + 3 + 1 + 2 + 2 + 90 + 90 + 50 + 18 + 1,
+        "total": 6 + 3 + 1 + 4 + 4 + 4 + 4 + 100 + 100 + 60 + 20 + 1,
     }
+
+
+def test_wiki_only_simcse_and_clip_mcse_restore_the_former_plan():
+    # baselines: wiki (SimCSE on Wikipedia alone, margin 0) and clip (MCSE on the CLIP teacher's image features
+    # with every caption): one SimCSE per backbone, no ResNet caches, no one-caption corpora
+    counts = plan("--config", "baselines={simcse: wiki, mcse: clip}")
+    assert counts["train"] == 18 * 5 and counts["evaluate_transfer"] == 10 * 5
+    assert counts["teacher"] == 2 and counts["prepare_captions"] == 2
 
 
 def test_small_override_plan():
@@ -49,8 +63,9 @@ def test_small_override_plan():
     assert counts["train"] == (3 + 4 + 4) * 2
     assert counts["evaluate_sts"] == 11 * 2
     assert counts["evaluate_transfer"] == 3 * 2
-    assert counts["teacher"] == 1
-    assert counts["prepare_captions"] == 1
+    assert counts["teacher"] == 2  # CLIP on flickr, ResNet-50 on flickr with one caption per image
+    assert counts["prepare_captions"] == 2
+    assert counts["teacher_scores"] == 1  # one CLIP cache at one batch size
     assert counts["download"] == 4  # COCO is no longer needed
 
 
@@ -65,7 +80,7 @@ def test_demo_overlay_plan():
     if not demo.exists():
         pytest.fail("config/demo.yaml is missing")
     counts = plan("--configfile", str(demo), target="all")
-    # SimCSE, MCSE, KDMCSE at two margins; one backbone, one seed, one threshold setting.
-    assert counts["train"] == 4
-    assert counts["teacher"] == 1
-
+    # SimCSE, MCSE, KDMCSE at two margins, and KDMCSE at a second threshold setting; one backbone, one seed.
+    assert counts["train"] == 5 and counts["curves"] == 5
+    assert counts["teacher"] == 2  # the CLIP teacher, and the MCSE baseline's ResNet-50
+    assert counts["teacher_scores"] == 1 and counts["score_plot"] == 1

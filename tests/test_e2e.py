@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import build_tiny_bert
-from e2e_fixtures import TINY_CLIP, coco_archives, senteval_tar, wiki_text
+from e2e_fixtures import TINY_CLIP, TINY_IMAGE_FEATURES, coco_archives, senteval_tar, wiki_text
 from http_server import FixtureServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,6 +79,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory):
                 "tinyclip": {"model": "kdmcse-tiny-clip", "pretrained": "none", "model_config": str(clip_cfg), "batch_size": 8}
             },
             "teacher": "tinyclip",
+            "image_features": TINY_IMAGE_FEATURES,
+            "baselines": {"mcse_features": "tinyresnet"},
             "backbones": {"tiny": {"model": str(student), "lr": 1.0e-3, "batch_size": 8}},
             "train": {"max_steps": 6, "eval_steps": 3, "log_every": 2, "proj_dim": 16},
             "grid": {
@@ -92,7 +94,9 @@ def workdir(tmp_path_factory: pytest.TempPathFactory):
                 },
                 "ablations": {
                     "margin": {"dataset": "wiki+tiny", "backbone": "tiny", "objective": "kdmcse", "values": [0.1, 0.15]},
-                    "threshold": {"dataset": "wiki+tiny", "backbone": "tiny", "objective": "kdmcse", "values": ["off", 0.9]},
+                    # quantiles of the negative scores: the top 10 % and 30 % masked
+                    "threshold": {"dataset": "wiki+tiny", "backbone": "tiny", "objective": "kdmcse",
+                                  "values": ["off", "q0.9", "q0.7"]},
                 },
             },
             "evaluate": {"transfer": "main", "batch_size": 16},
@@ -104,9 +108,15 @@ def workdir(tmp_path_factory: pytest.TempPathFactory):
 
 def test_first_run_reaches_the_tables(workdir):
     work, server = workdir
-    out = snakemake(work, "results/tables/main.tex")
+    # the limit only guards against a hang: six students and two feature caches take several times longer on a
+    # machine shared with other work than on a quiet one
+    out = snakemake(work, "results/tables/main.tex", timeout=1500)
     counts = job_counts(out)
-    assert counts["train"] == 5 and counts["evaluate_sts"] == 5 and counts["teacher"] == 1
+    # SimCSE, MCSE, KDMCSE (m 0.15), KDMCSE m 0.1, two threshold cells
+    assert counts["train"] == 6 and counts["evaluate_sts"] == 6
+    # the CLIP teacher on the captions, the MCSE baseline's ResNet on one caption per image
+    assert counts["teacher"] == 2 and counts["prepare_captions"] == 2
+    assert counts["teacher_scores"] == 1 and counts["score_plot"] == 1
     assert counts["evaluate_transfer"] == 3  # SimCSE, MCSE, KDMCSE of the main table
     # Every download went through the mirror on 127.0.0.1.
     served = {path for path, _ in server.requests}
@@ -131,6 +141,38 @@ def test_first_run_reaches_the_tables(workdir):
     assert -100 <= metrics["sts"]["avg"] <= 100
     meta = json.loads((work / "results/students/wiki+tiny/tiny/kdmcse/margin~0.15_threshold~off/seed~0/run_meta.json").read_text())
     assert meta["run_config"]["margin2"] == 0.15
+    assert meta["threshold"] is None and meta["mask_rate"] is None
+
+
+def test_threshold_cells_mask_distinct_measured_shares(workdir):
+    """Each threshold cell records a distinct, non-zero mask rate (it filters), resolved from the statistics."""
+    work, _ = workdir
+    stats = json.loads((work / "results/teacher/tiny/tinyclip/scores/batch~8.json").read_text())
+    assert stats["batch_size"] == 8 and stats["spaces"]["cosine"]["image"]["negatives"]["n"] == 200 * 8 * 7
+    rates = {}
+    for q in ("q0.9", "q0.7"):
+        meta = json.loads((work / f"results/students/wiki+tiny/tiny/kdmcse/margin~0.15_threshold~{q}/seed~0/"
+                           "run_meta.json").read_text())
+        plan, measured = meta["threshold"], meta["mask_rate"]
+        assert plan["configured"] == q and plan["space"] == "cosine"
+        assert plan["expected_mask_rate"]["image"] == pytest.approx(1 - float(q[1:]), abs=0.01)
+        assert measured["paired_steps"] == meta["paired_steps"] >= 1
+        assert measured["image"] > 0 and measured["image"] == measured["text"]  # the text mask is the transpose
+        rates[q] = measured["image"]
+        # the curves hold the same per-step rates, on paired steps only
+        curves = pd.read_csv(work / f"results/students/wiki+tiny/tiny/kdmcse/margin~0.15_threshold~{q}/seed~0/curves.csv")
+        paired = curves[curves["paired"] == 1]
+        assert paired["mask_rate_image"].notna().all() and curves.loc[curves["paired"] == 0, "mask_rate_image"].isna().all()
+        assert paired["mask_rate_image"].mean() == pytest.approx(measured["image"])
+    assert rates["q0.9"] < rates["q0.7"]
+    table = pd.read_csv(work / "results" / "tables" / "ablation_threshold.csv")
+    ours = table[table["kind"] == "ours"].set_index("threshold")
+    assert ours.loc["off", "mask_rate_image"] == 0.0
+    for q, rate in rates.items():
+        assert ours.loc[q, "mask_rate_image"] == pytest.approx(rate)
+    tex = (work / "results" / "tables" / "ablation_threshold.tex").read_text()
+    assert "Mask" in tex and f"{100 * rates['q0.9']:.2f}" in tex
+    assert (work / "results/teacher/tiny/tinyclip/scores/batch~8.png").read_bytes()[:4] == b"\x89PNG"
 
 
 KDMCSE_CELL = "wiki+tiny/tiny/kdmcse/margin~0.15_threshold~off"
@@ -153,9 +195,9 @@ def test_training_curves_have_every_step_and_dev_at_each_evaluation(workdir):
     dev = curves.dropna(subset=["stsb_dev"])
     assert dev["step"].tolist() == [3, 6]
     assert dev["stsb_dev"].tolist() == pytest.approx([h["stsb_dev_spearman"] for h in meta["dev_history"]])
-    # one figure per trained cell (5 here), its seeds overlaid
+    # one figure per trained cell (6 here), its seeds overlaid
     plots = sorted((work / "results" / "plots" / "curves").rglob("*.png"))
-    assert len(plots) == 5 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
+    assert len(plots) == 6 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
 
 
 def test_logs_open_with_the_job_and_hold_no_carriage_return_floods(workdir):
@@ -187,7 +229,7 @@ def test_html_report_shows_the_training_curves(workdir):
     assert "Training curves" in html
     plots = sorted((work / "results" / "plots" / "curves").rglob("*.png"))
     missing = [str(p) for p in plots if f"Adding {p.name}" not in html and p.name not in html]
-    assert len(plots) == 5 and missing == []
+    assert len(plots) == 6 and missing == []
     assert "wiki+tiny / tiny / kdmcse" in html  # grouped by dataset, backbone and objective
 
 

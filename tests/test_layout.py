@@ -18,7 +18,7 @@ from kdmcse.__main__ import STAGES
 PACKAGE = Path(__file__).resolve().parents[1] / "kdmcse"
 # The flow, earliest first. Shared modules sit below every stage; a module may import its own layer or lower.
 LAYERS = {"shared": 0, "data": 1, "teacher": 2, "train": 3, "evaluate": 4, "report": 5}
-SHARED = {"__init__", "__main__", "config", "grid", "io", "errors", "embedding", "gpus"}
+SHARED = {"__init__", "__main__", "config", "config_cli", "grid", "io", "errors", "embedding", "gpus"}
 MAX_LINES = 450
 
 

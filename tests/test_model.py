@@ -241,3 +241,26 @@ def test_half_precision_checkpoint_loads_and_trains_in_float32(tiny_bert_dir, tm
     out = tmp_path / "run" / "model"
     save_student(student, load_tokenizer(half), out)
     assert {p.dtype for p in load_student(out).parameters()} == {torch.float32}
+
+
+def test_head_init_hf_is_normal_002_with_zero_bias_and_torch_is_nn_linear_default(tiny_bert_dir):
+    # hf: what Hugging Face's init_weights does to the released model's MLP head (it lives inside BertForCL)
+    torch.manual_seed(0)
+    hf = StudentModel.from_pretrained(tiny_bert_dir, proj_dim=8, teacher_dim=12, head_init="hf")
+    torch.manual_seed(0)
+    default = StudentModel.from_pretrained(tiny_bert_dir, proj_dim=8, teacher_dim=12, head_init="torch")
+    w, b = hf.mlp.linear.weight, hf.mlp.linear.bias
+    assert torch.count_nonzero(b) == 0
+    assert w.std().item() == pytest.approx(hf.encoder.config.initializer_range, rel=0.15)
+    bound = 1 / hf.mlp.linear.in_features ** 0.5  # nn.Linear: uniform(-1/sqrt(in), 1/sqrt(in)), bias too
+    assert default.mlp.linear.weight.abs().max() <= bound and torch.count_nonzero(default.mlp.linear.bias) > 0
+    assert default.mlp.linear.weight.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.15)
+    # the grounding and teacher projections sit outside the HF model in the released code: default init in both
+    for name in ("grounding", "image_proj", "text_proj"):
+        for key, value in getattr(hf, name).state_dict().items():
+            assert torch.equal(value, getattr(default, name).state_dict()[key]), f"{name}.{key}"
+
+
+def test_unknown_head_init_is_refused(tiny_bert_dir):
+    with pytest.raises(KdmcseError, match="head_init"):
+        StudentModel.from_pretrained(tiny_bert_dir, proj_dim=8, teacher_dim=None, head_init="xavier")

@@ -44,9 +44,9 @@ def slurm_plan():
                         'resources={"evaluate_sts": {"runtime": 45}}')
 
 
-def test_slurm_plan_trains_90_students_each_on_all_its_gpus(slurm_plan):
+def test_slurm_plan_trains_100_students_each_on_all_its_gpus(slurm_plan):
     train = [res for rule, res, _ in slurm_plan if rule == "train"]
-    assert len(train) == 90
+    assert len(train) == 100  # the default grid: 20 cells x 5 seeds (tests/test_dag.py)
     # a global `resources: gpu=1` (in the workflow profile, which Snakemake applies to cluster runs too) would
     # both serialise the queue and shrink each job to gpu=1
     assert {r["gpu"] for r in train} == {"2"}

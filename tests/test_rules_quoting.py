@@ -18,7 +18,7 @@ RULES = sorted((ROOT / "workflow" / "rules").glob("*.smk"))
 # params that common.smk builds as finished argument strings, every piece through shlex.quote (they expand to
 # several arguments, so `:q` would wrongly make them one); the launcher is built from an integer only.
 PREQUOTED = {"params.extra", "params.args", "params.cell", "params.note", "params.pair_args", "params.launcher",
-             "params.limit", "params.corpora", "params.curves"}
+             "params.limit", "params.corpora", "params.curves", "params.thresholds"}
 
 
 def shell_commands(text: str) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import shutil
 import signal
@@ -17,7 +18,7 @@ import torch
 
 from kdmcse.errors import KdmcseError
 from kdmcse.io import sha256_file
-from kdmcse.teacher.cache import write_teacher_cache
+from kdmcse.teacher.cache import open_teacher_cache, write_teacher_cache
 from kdmcse.train import loop as train_mod
 from kdmcse.train.distributed import DistContext
 from kdmcse.train.losses import LossSettings
@@ -69,7 +70,8 @@ def run_config(model: Path, **over) -> dict:
         "lambda": 0.5, "temperature": 0.05, "temperature_vl": 0.05, "margin1": 0.15, "margin2": 0.15,
         "threshold": None, "threshold_space": "cosine", "inter_reduction": "sum", "proj_dim": 6,
         "max_seq_length": 16, "eval_steps": 2, "pooling": "cls_before_pooler", "precision": "fp32",
-        "teacher": dict(TEACHER), "checkpoint_minutes": None, "log_every": 3,
+        "teacher": dict(TEACHER), "checkpoint_minutes": None, "log_every": 3, "threshold_check": "warn",
+        "head_init": "hf",
     }
     cfg.update(over)
     return cfg
@@ -236,6 +238,38 @@ def test_simcse_without_senteval_saves_final_model(tiny_bert_dir, data, tmp_path
     assert meta["selection"].startswith("none")
     heads = torch.load(out / "heads.pt", weights_only=True)
     assert heads["image_proj"] is None  # no teacher heads for a text-only objective
+
+
+def test_released_simcse_interleaves_the_caption_text_without_a_teacher(tiny_bert_dir, data, tmp_path, caplog):
+    # baselines.simcse: released passes the caption table and no teacher: caption batches train the text term
+    out = tmp_path / "run"
+    cfg = run_config(tiny_bert_dir, objective="simcse", max_steps=6)
+    argv = [a for a in cli(cfg, data, out, senteval=False) if a not in ("--teacher", str(data["teacher"]))]
+    with caplog.at_level(logging.INFO, logger="kdmcse.train.inputs"):
+        assert train_mod.main(argv) == 0
+    meta = json.loads((out / "run_meta.json").read_text())
+    assert meta["paired_steps"] == mixing_schedule(24, 10, 4, 1, 6).paired_steps_until(6) == 3
+    assert meta["inputs"]["pair_rows"] == 10 and "teacher_dim" not in meta["inputs"]
+    assert any("interleave as text batches" in r.getMessage() for r in caplog.records)
+    assert torch.load(out / "heads.pt", weights_only=True)["image_proj"] is None
+
+
+def test_mcse_trains_from_an_image_feature_cache_and_kdmcse_refuses_one(tiny_bert_dir, data, tmp_path):
+    # the released MCSE baseline: image features only (ResNet-50 in the grid), no caption embeddings
+    cache = open_teacher_cache(data["teacher"])
+    features = tmp_path / "resnet"
+    write_teacher_cache(features, image_ids=cache.image_ids, image_emb=np.random.default_rng(5).normal(size=(len(cache.image_ids), 6)).astype(np.float32),
+                        caption_ids=cache.caption_ids, caption_image_ids=[cache.image_ids[r] for r in cache.caption_image_row],
+                        caption_texts=["x"] * len(cache.caption_ids), caption_emb=None,
+                        meta=dict(TEACHER, captions_sha256=cache.meta["captions_sha256"]))
+    out = tmp_path / "mcse"
+    assert train_mod.main(cli(run_config(tiny_bert_dir, objective="mcse"), dict(data, teacher=features), out,
+                              senteval=False)) == 0
+    meta = json.loads((out / "run_meta.json").read_text())
+    assert meta["paired_steps"] == 3 and meta["inputs"]["teacher_dim"] == 6
+    assert meta["inputs"]["teacher_kind"] == "image"
+    with pytest.raises(KdmcseError, match="image features only"):
+        train_mod.main(cli(run_config(tiny_bert_dir), dict(data, teacher=features), tmp_path / "kd"))
 
 
 @pytest.mark.parametrize("senteval", [False, True], ids=["final-model", "best-on-dev"])
@@ -439,7 +473,7 @@ def test_cache_of_another_teacher_model_config_is_refused(tiny_bert_dir, tmp_pat
         "train": {"epochs": 1, "max_steps": 6, "lambda": 0.5, "temperature": 0.05, "temperature_vl": 0.05,
                   "margin1": "tied", "threshold_space": "cosine", "inter_reduction": "sum", "proj_dim": 6,
                   "max_seq_length": 16, "eval_steps": 2, "checkpoint_minutes": None, "log_every": 50, "pooling": "cls_before_pooler",
-                  "precision": "fp32"},
+                  "precision": "fp32", "threshold_check": "warn", "head_init": "hf"},
     }
     rc = grid_run_config(cfg, Cell("wiki+x", "tiny", "kdmcse", 0.15, None))
     with pytest.raises(KdmcseError, match="model_config_sha256"):

@@ -20,7 +20,7 @@ from kdmcse.data.senteval import check_files, sts_files, transfer_files
 from kdmcse.embedding import POOLINGS, resolve_device
 from kdmcse.errors import KdmcseError
 from kdmcse.evaluate.encoder import load_encoder, resolve_model_dir
-from kdmcse.io import atomic_path, write_json
+from kdmcse.io import atomic_path, read_json, write_json
 from kdmcse.train.host import cell_label
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,18 @@ def run_evaluation(encoder, data_dir: str | Path, tasks: list[str]) -> dict:
     return out
 
 
+def training_summary(path: str | Path) -> dict:
+    """What a metrics file carries from the student's run_meta.json: the settled threshold and the mask rates."""
+    try:
+        meta = read_json(path)
+    except (OSError, ValueError) as exc:
+        raise KdmcseError(f"--run-meta {path} is not a readable JSON file ({exc}); pass the student's run_meta.json") from exc
+    if not isinstance(meta, dict) or "run_config" not in meta:
+        raise KdmcseError(f"--run-meta {path} is not a run_meta.json written by `python -m kdmcse train`")
+    return {"threshold": meta.get("threshold"), "mask_rate": meta.get("mask_rate"),
+            "paired_steps": meta.get("paired_steps"), "total_steps": meta.get("total_steps")}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m kdmcse evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="HF model folder, trained student folder, or hub id")
@@ -119,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", default=None, help="also write the metrics as a one-row CSV")
     p.add_argument("--cell", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                    help="experiment cell copied verbatim into the metrics (numbers parsed as numbers)")
+    p.add_argument("--run-meta", default=None, metavar="JSON",
+                   help="the student's run_meta.json: its threshold and measured mask rates go into the metrics")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     return p
@@ -137,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     needed = (sts_files(data) if "sts" in tasks else []) + (transfer_files(data) if "transfer" in tasks else [])
     check_files(needed)
     resolve_model_dir(args.model)
+    training = training_summary(args.run_meta) if args.run_meta else None
     device = resolve_device(args.device)
 
     # the log's opening line, as a training job's: what runs, on what
@@ -145,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
              ",".join(tasks), args.pooling, args.batch_size)
     encoder = load_encoder(args.model, args.pooling, args.batch_size, device)
     metrics = {"cell": cell, "model": str(args.model), "pooling": args.pooling}
+    if training is not None:
+        metrics["training"] = training
     metrics.update(run_evaluation(encoder, data, tasks))
     if args.csv:  # the JSON last: it is the stage's main output
         write_csv(args.csv, csv_row(metrics))

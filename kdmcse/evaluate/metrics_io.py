@@ -47,6 +47,12 @@ class MetricsRecord:
     transfer: dict[str, float] = field(default_factory=dict)  # TRANSFER_COLUMNS -> accuracy
     align: float = math.nan  # align_uniform.mcse_batch.avg (the MCSE/KDMCSE protocol, method.md §5.3)
     uniform: float = math.nan
+    # from the student's run_meta.json (section `training`, `evaluate --run-meta`): the score the threshold
+    # resolved to and the mean share of in-batch negatives each term's mask dropped (0 with the threshold off;
+    # NaN where the metrics file does not say)
+    threshold_value: float = math.nan
+    mask_rate_image: float = math.nan
+    mask_rate_text: float = math.nan
 
     @property
     def config(self) -> ConfigKey:
@@ -137,7 +143,21 @@ def read_metrics(path: str | Path, require: Section | None = None) -> MetricsRec
     batch_avg = ((data.get("align_uniform") or {}).get("mcse_batch") or {}).get("avg")
     if isinstance(batch_avg, dict):
         align, uniform = _number(batch_avg.get("align")), _number(batch_avg.get("uniform"))
-    return MetricsRecord(path=path, cell=cell, seed=seed, sts=sts, transfer=transfer, align=align, uniform=uniform)
+    threshold_value, rates = _training(data.get("training"))
+    return MetricsRecord(path=path, cell=cell, seed=seed, sts=sts, transfer=transfer, align=align, uniform=uniform,
+                         threshold_value=threshold_value, mask_rate_image=rates[0], mask_rate_text=rates[1])
+
+
+def _training(training: Any) -> tuple[float, tuple[float, float]]:
+    """(resolved threshold score, (image, text) mask rates) of a metrics file's `training` section."""
+    if not isinstance(training, dict):
+        return math.nan, (math.nan, math.nan)
+    threshold = training.get("threshold")
+    if threshold is None:  # threshold filtering off: nothing was masked
+        return math.nan, (0.0, 0.0)
+    rate = training.get("mask_rate") or {}
+    value = _number(threshold.get("value")) if isinstance(threshold, dict) else math.nan
+    return value, (_number(rate.get("image")), _number(rate.get("text")))
 
 
 def read_metrics_group(paths: Iterable[str | Path], require: Section | None = None) -> list[MetricsRecord]:

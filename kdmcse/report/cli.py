@@ -1,6 +1,7 @@
 """`python -m kdmcse report`: the paper's tables and plots, rebuilt from metrics JSON files only.
 
 `python -m kdmcse report scale …` writes the scale experiment's table and plot instead (`kdmcse.report.scale`),
+`python -m kdmcse report scores …` the score histogram of a teacher cache (`kdmcse.report.score_plot`), and
 `python -m kdmcse report curves …` the training curves of one cell (`kdmcse.report.curves`).
 
 Every input is read and checked before anything is written, so a bad file leaves the previous outputs intact;
@@ -48,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         from kdmcse.report.curves import main as curves_main
 
         return curves_main(argv[1:])
+    if argv and argv[0] == "scores":  # `report scores …`: a teacher cache's score histogram with the thresholds
+        from kdmcse.report.score_plot import main as scores_main
+
+        return scores_main(argv[1:])
     args = build_parser().parse_args(argv)
     note = args.caption_note.strip()
     # Read and validate everything first.

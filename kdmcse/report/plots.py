@@ -18,7 +18,15 @@ from matplotlib.figure import Figure
 
 from kdmcse.evaluate.metrics_io import STS_COLUMNS, MetricsRecord
 from kdmcse.io import atomic_path
-from kdmcse.report.tables import aggregate, axis_sort_key, display_value, group_by_series, short_labels
+from kdmcse.report.tables import (
+    aggregate,
+    axis_sort_key,
+    display_value,
+    format_mask_rate,
+    group_by_series,
+    mask_summary,
+    short_labels,
+)
 
 
 @dataclass
@@ -90,13 +98,16 @@ def plot_align_uniform(records: list[MetricsRecord], note: str = "") -> PlotResu
 
 
 def plot_ablation(records: list[MetricsRecord], axis: str, note: str = "") -> PlotResult:
-    """STS Avg along `axis`: mean with std error bars and a min–max band over seeds, one line per series."""
+    """STS Avg along `axis`: mean with std error bars and a min–max band over seeds, one line per series.
+
+    Along the threshold, each point is labelled with its measured mask rate (share of negatives masked)."""
     fig = _new_figure((6.4, 4.2))
     ax = fig.add_subplot()
     ax.set_title(_title(f"STS Avg against the {axis} (error bars: std over seeds; band: min–max).", note),
                  fontsize=9)
     configs = aggregate(records, "sts", STS_COLUMNS) if records else []
-    cols = ["series", axis, "x", "mean", "std", "min", "max", "n"]
+    cols = ["series", axis, "x", "mean", "std", "min", "max", "n"] + (["mask_rate"] if axis == "threshold" else [])
+    masks = mask_summary(records) if axis == "threshold" and records else {}
     if not configs:
         _no_data(ax, f"no {axis} ablation metrics")
         return PlotResult(fig, pd.DataFrame(columns=cols))
@@ -111,9 +122,13 @@ def plot_ablation(records: list[MetricsRecord], axis: str, note: str = "") -> Pl
             finite = [v for v in c.per_seed["Avg"].values() if math.isfinite(v)]
             if not finite:
                 continue
-            rows.append({"series": series, axis: display_value(c.cell.get(axis)), "x": position[c.cell.get(axis)],
-                         "mean": float(np.mean(finite)), "std": _std(finite), "min": min(finite),
-                         "max": max(finite), "n": len(finite)})
+            row = {"series": series, axis: display_value(c.cell.get(axis)), "x": position[c.cell.get(axis)],
+                   "mean": float(np.mean(finite)), "std": _std(finite), "min": min(finite),
+                   "max": max(finite), "n": len(finite)}
+            if masks:
+                row["mask_rate"] = masks[c.key]["image"]
+                row["mask_label"] = format_mask_rate(masks[c.key]["image"], masks[c.key]["text"])
+            rows.append(row)
         if not rows:
             continue
         part = pd.DataFrame(rows)
@@ -121,8 +136,12 @@ def plot_ablation(records: list[MetricsRecord], axis: str, note: str = "") -> Pl
         ax.errorbar(part["x"], part["mean"], yerr=part["std"].fillna(0), marker="o", capsize=3, color=colour,
                     label=series)
         ax.fill_between(part["x"], part["min"], part["max"], color=colour, alpha=0.15, linewidth=0)
-        points.extend(rows)
-    ax.set_xlabel({"margin": "margin (rad)", "threshold": "threshold (off = no filtering)"}.get(axis, axis))
+        for row in rows if masks else []:
+            ax.annotate(f"mask {row['mask_label']} %", (row["x"], row["mean"]), textcoords="offset points",
+                        xytext=(0, 8), ha="center", fontsize=7, color=colour)
+        points.extend({k: v for k, v in r.items() if k != "mask_label"} for r in rows)
+    ax.set_xlabel({"margin": "margin (rad)",
+                   "threshold": "threshold (off = no filtering; label: share of in-batch negatives masked)"}.get(axis, axis))
     ax.set_ylabel("STS Avg (Spearman ×100)")
     if not numeric:
         ax.set_xticks([position[v] for v in values], [display_value(v) for v in values])

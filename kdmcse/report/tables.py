@@ -359,15 +359,44 @@ def group_by_series(configs: list[ConfigStats], axis: str) -> dict[str, list[Con
     return {k: sorted(v, key=lambda c: axis_sort_key(c.cell.get(axis))) for k, v in sorted(series.items())}
 
 
+def mask_summary(records: list[MetricsRecord]) -> dict[ConfigKey, dict[str, float]]:
+    """Per configuration: the mean over seeds of the resolved threshold score and of each term's mask rate."""
+    groups: dict[ConfigKey, list[MetricsRecord]] = {}
+    for rec in records:
+        groups.setdefault(rec.config, []).append(rec)
+
+    def mean(values: list[float]) -> float:
+        finite = [v for v in values if math.isfinite(v)]
+        return float(np.mean(finite)) if finite else math.nan
+
+    return {key: {"value": mean([r.threshold_value for r in recs]),
+                  "image": mean([r.mask_rate_image for r in recs]), "text": mean([r.mask_rate_text for r in recs])}
+            for key, recs in groups.items()}
+
+
+def format_mask_rate(image: float, text: float) -> str:
+    """Mask % of a row: one number when both terms agree (the text term's mask is the image term's transposed)."""
+    if not math.isfinite(image) and not math.isfinite(text):
+        return "--"
+    shown = [f"{100 * v:.2f}" if math.isfinite(v) else "--" for v in (image, text)]
+    return shown[0] if shown[0] == shown[1] else " / ".join(shown)
+
+
 def build_ablation_table(
     records: list[MetricsRecord], axis: str, main_keys: set[ConfigKey] | None = None, note: str = ""
 ) -> Table:
-    """One row per value of `axis` (margin or threshold), grouped by what stays fixed."""
+    """One row per value of `axis` (margin or threshold), grouped by what stays fixed.
+
+    The threshold ablation also shows, beside each threshold, the score it resolved to and the measured mask
+    rate: the share of in-batch negatives the mask dropped (mean over paired steps and seeds).
+    """
     axis_title = axis.capitalize()
     caption = _with_note(f"Ablation over the {axis}: STS Spearman ×100, other settings fixed.", note)
     name = f"ablation_{axis}"
+    thresholds = axis == "threshold"
+    lead = [axis_title, "Score", "Mask %"] if thresholds else [axis_title]
     if not records:
-        return _empty_table(name, caption, f"tab:{name}", [axis_title], STS_COLUMNS, f"the {axis} ablation")
+        return _empty_table(name, caption, f"tab:{name}", lead, STS_COLUMNS, f"the {axis} ablation")
     missing = [str(r.path) for r in records if axis not in r.cell]
     if missing:
         raise KdmcseError(f"{axis} ablation: cell of {missing[0]} has no '{axis}' key; pass `--cell {axis}=…` to "
@@ -375,6 +404,7 @@ def build_ablation_table(
     configs = aggregate(records, "sts", STS_COLUMNS)
     expected_n = len({s for c in configs for s in c.seeds})
     main_keys = main_keys or set()
+    masks = mask_summary(records) if thresholds else {}
     rows: list[Row] = []
     for series, cfgs in group_by_series(configs, axis).items():
         rows.append(Row("header", [series]))
@@ -383,8 +413,19 @@ def build_ablation_table(
             shown = value + (" (main)" if cfg.key in main_keys else "")
             fields = {"kind": "ours", "series": series, **_cell_fields(cfg.cell), axis: value,
                       "seeds": " ".join(map(str, cfg.seeds)), "main_setting": cfg.key in main_keys}
-            rows.append(Row("ours", [shown], fields, stats=cfg.stats))
+            lead = [shown]
+            if thresholds:
+                m = masks[cfg.key]
+                fields.update(threshold_score=m["value"], mask_rate_image=m["image"], mask_rate_text=m["text"])
+                lead += [f"{m['value']:.4g}" if math.isfinite(m["value"]) else "--",
+                         format_mask_rate(m["image"], m["text"])]
+            rows.append(Row("ours", lead, fields, stats=cfg.stats))
     notes = _convention_notes(configs, STS_COLUMNS, expected_n)
     if any(r.fields.get("main_setting") for r in rows):
         notes.append("(main): the setting of the main table.")
-    return Table(name, caption, f"tab:{name}", [axis_title], STS_COLUMNS, rows, notes, expected_n)
+    if thresholds:
+        notes.append("Score: the teacher score the threshold compares (a quantile qL resolved from the score "
+                     "statistics of the teacher cache); Mask %: the share of in-batch negatives the threshold "
+                     "masked, measured over the paired steps (image term, and text term where it differs); "
+                     "off masks none.")
+    return Table(name, caption, f"tab:{name}", lead, STS_COLUMNS, rows, notes, expected_n)

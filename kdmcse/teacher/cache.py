@@ -11,6 +11,10 @@ Layout of a cache folder (written by `write_teacher_cache`, read by `open_teache
 Embeddings are stored as float32 (the default) or float16 (`dtype="float16"`, metadata `emb_dtype`; Parquet's
 FLOAT16 type): 1M x 768 is then about 1.5 GB per table instead of 3 GB. Training casts each batch's rows to float32.
 
+An *image-feature* cache (metadata `kind: image`, written by an image-only extractor such as the ResNet-50 of the
+released MCSE baseline) has the same layout without caption embeddings: `captions.parquet` has no `emb` column,
+there is no `caption_emb.npy`, and the reader's `caption_emb` is None. Its captions still map to image rows.
+
 Both Parquet files carry the same JSON metadata under the schema metadata key `kdmcse.teacher`. It holds a
 `content_sha256` over all ids and embeddings and a fingerprint of each `.npy`, so files left over from another run
 (a crash between two file writes) are detected when the cache is opened.
@@ -45,6 +49,8 @@ CAPTIONS_PARQUET = "captions.parquet"
 IMAGE_NPY = "image_emb.npy"
 CAPTION_NPY = "caption_emb.npy"
 CACHE_FILES = (IMAGES_PARQUET, CAPTIONS_PARQUET, IMAGE_NPY, CAPTION_NPY)
+IMAGE_ONLY_FILES = (IMAGES_PARQUET, CAPTIONS_PARQUET, IMAGE_NPY)  # an image-feature cache (kind: image)
+KINDS = ("clip", "image")
 FINITE_BLOCK_ROWS = 1 << 16  # rows per block of the finiteness pass (bounds its memory on a COCO-sized cache)
 # `expect` keys that name a metadata entry under another name
 _EXPECT_ALIASES = {"dim": "dim", "D": "dim", "captions_sha": "captions_sha256"}
@@ -58,7 +64,7 @@ class TeacherCache:
 
     path: Path
     image_emb: np.ndarray  # [N_img, D] float32 or float16 (meta emb_dtype), memory-mapped
-    caption_emb: np.ndarray  # [N_cap, D] float32 or float16, memory-mapped
+    caption_emb: np.ndarray | None  # [N_cap, D] float32 or float16, memory-mapped; None in an image-feature cache
     caption_ids: np.ndarray  # [N_cap] int64
     caption_image_row: np.ndarray  # [N_cap] int64, row of image_emb for each caption
     meta: dict[str, Any]
@@ -107,7 +113,8 @@ def _content_sha256(image_ids, image_emb, caption_ids, caption_image_ids, captio
     _hash_rows(h, image_emb, dtype)
     h.update(np.ascontiguousarray(caption_ids, dtype="<i8").tobytes())
     h.update("\n".join(caption_image_ids).encode("utf-8"))
-    _hash_rows(h, caption_emb, dtype)
+    if caption_emb is not None:
+        _hash_rows(h, caption_emb, dtype)
     return h.hexdigest()
 
 
@@ -153,11 +160,13 @@ def write_teacher_cache(
     caption_ids: np.ndarray,
     caption_image_ids: Sequence[str],
     caption_texts: Sequence[str],
-    caption_emb: np.ndarray,
+    caption_emb: np.ndarray | None,
     meta: Mapping[str, Any],
     dtype: str = "float32",
 ) -> dict[str, Any]:
     """Write a cache folder (every file atomically) and return the metadata stored in it.
+
+    `caption_emb` None writes an image-feature cache (metadata `kind: image`, no caption embeddings).
 
     `dtype` is the storage of the embeddings: float32 or float16 (inputs are converted; float16 refuses values
     that would overflow to inf).
@@ -170,8 +179,15 @@ def write_teacher_cache(
     caption_image_ids = [str(i) for i in caption_image_ids]
     caption_ids = np.asarray(caption_ids, dtype=np.int64)
     # no float32 copy of float16 input (a 1M-row float16 table stays 1.5 GB); `_storage` converts below
-    image_emb, caption_emb = (e if e.dtype.kind == "f" else e.astype(np.float32)
-                              for e in (np.asarray(image_emb), np.asarray(caption_emb)))
+    image_only = caption_emb is None
+    image_emb = np.asarray(image_emb)
+    image_emb = image_emb if image_emb.dtype.kind == "f" else image_emb.astype(np.float32)
+    if image_only:
+        # a stand-in of the right shape for the checks below, without memory (a view of one zero row)
+        caption_emb = np.broadcast_to(np.zeros((1, image_emb.shape[1] if image_emb.ndim == 2 else 0), np.float32),
+                                      (len(caption_ids), image_emb.shape[1] if image_emb.ndim == 2 else 0))
+    caption_emb = np.asarray(caption_emb)
+    caption_emb = caption_emb if caption_emb.dtype.kind == "f" else caption_emb.astype(np.float32)
 
     if image_emb.ndim != 2 or caption_emb.ndim != 2 or image_emb.shape[1] != caption_emb.shape[1]:
         raise KdmcseError(
@@ -199,10 +215,11 @@ def write_teacher_cache(
         raise KdmcseError(f"teacher cache {out_dir}: storage dtype {dtype!r} is not one of {', '.join(EMB_DTYPES)}")
     npy_dtype = EMB_DTYPES[dtype]
     image_emb = _storage(out_dir, image_emb, npy_dtype, "image")
-    caption_emb = _storage(out_dir, caption_emb, npy_dtype, "caption")
+    caption_emb = None if image_only else _storage(out_dir, caption_emb, npy_dtype, "caption")
     if "dim" in meta and int(meta["dim"]) != dim:
         raise KdmcseError(f"teacher cache {out_dir}: meta says dim={meta['dim']} but embeddings have {dim}")
-    for what, emb, ids in (("image", image_emb, image_ids), ("caption", caption_emb, caption_ids)):
+    checked = [("image", image_emb, image_ids)] + ([] if image_only else [("caption", caption_emb, caption_ids)])
+    for what, emb, ids in checked:
         row = first_non_finite_row(emb)
         if row is not None:
             raise KdmcseError(
@@ -212,13 +229,17 @@ def write_teacher_cache(
 
     full_meta: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION, "normalised": False}
     full_meta.update(dict(meta))
+    fingerprints = {IMAGE_NPY: _row_fingerprint(image_emb, npy_dtype)}
+    if not image_only:
+        fingerprints[CAPTION_NPY] = _row_fingerprint(caption_emb, npy_dtype)
+    if image_only:
+        full_meta["kind"] = "image"  # absent = a CLIP cache (every cache written before image-feature caches)
     full_meta.update(
         dim=dim,
         n_images=n_img,
         n_captions=n_cap,
         emb_dtype=dtype,
-        npy_fingerprints={IMAGE_NPY: _row_fingerprint(image_emb, npy_dtype),
-                          CAPTION_NPY: _row_fingerprint(caption_emb, npy_dtype)},
+        npy_fingerprints=fingerprints,
         content_sha256=_content_sha256(image_ids, image_emb, caption_ids, caption_image_ids, caption_emb, npy_dtype),
     )
     meta_json = json.dumps(full_meta, sort_keys=True).encode("utf-8")
@@ -231,13 +252,16 @@ def write_teacher_cache(
             "caption_id": pa.array(caption_ids, type=pa.int64()),
             "image_id": pa.array(caption_image_ids, type=pa.string()),
             "text_sha256": pa.array([text_sha256(t) for t in caption_texts], type=pa.string()),
-            "emb": _emb_array(caption_emb, npy_dtype),
+            **({} if image_only else {"emb": _emb_array(caption_emb, npy_dtype)}),
         }
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     # The .npy files first, the Parquet files (which carry the fingerprints) last.
     _write_npy(out_dir / IMAGE_NPY, image_emb, npy_dtype)
-    _write_npy(out_dir / CAPTION_NPY, caption_emb, npy_dtype)
+    if image_only:  # a CLIP cache rewritten in place as an image-feature cache must not keep its caption file
+        (out_dir / CAPTION_NPY).unlink(missing_ok=True)
+    else:
+        _write_npy(out_dir / CAPTION_NPY, caption_emb, npy_dtype)
     _write_parquet(out_dir / CAPTIONS_PARQUET, captions, meta_json)
     _write_parquet(out_dir / IMAGES_PARQUET, images, meta_json)
     return full_meta
@@ -305,12 +329,15 @@ def open_teacher_cache(path: str | os.PathLike[str], expect: Mapping[str, Any] |
     path = Path(path)
     if not path.is_dir():
         raise KdmcseError(f"teacher cache folder {path} does not exist; build it with `python -m kdmcse teacher`")
-    missing = [name for name in CACHE_FILES if not (path / name).is_file()]
+    missing = [name for name in IMAGE_ONLY_FILES if not (path / name).is_file()]
     if missing:
         raise KdmcseError(
             f"teacher cache {path} is incomplete: missing {', '.join(missing)}; rerun `python -m kdmcse teacher`"
         )
     meta = _parquet_meta(path / IMAGES_PARQUET)
+    image_only = meta.get("kind", "clip") == "image"
+    if not image_only and not (path / CAPTION_NPY).is_file():
+        raise KdmcseError(f"teacher cache {path} is incomplete: missing {CAPTION_NPY}; rerun `python -m kdmcse teacher`")
     if _parquet_meta(path / CAPTIONS_PARQUET) != meta:
         raise KdmcseError(
             f"teacher cache {path}: {IMAGES_PARQUET} and {CAPTIONS_PARQUET} come from different runs; rebuild the cache"
@@ -345,8 +372,10 @@ def open_teacher_cache(path: str | os.PathLike[str], expect: Mapping[str, Any] |
     fingerprints = meta.get("npy_fingerprints", {})
     dtype = str(meta.get("emb_dtype", "float32"))  # caches written before the option are float32
     image_emb = _open_npy(path / IMAGE_NPY, n_img, dim, fingerprints.get(IMAGE_NPY), dtype)
-    caption_emb = _open_npy(path / CAPTION_NPY, n_cap, dim, fingerprints.get(CAPTION_NPY), dtype)
+    caption_emb = None if image_only else _open_npy(path / CAPTION_NPY, n_cap, dim, fingerprints.get(CAPTION_NPY), dtype)
     for name, emb in ((IMAGE_NPY, image_emb), (CAPTION_NPY, caption_emb)):
+        if emb is None:
+            continue
         row = first_non_finite_row(emb)
         if row is not None:
             raise KdmcseError(

@@ -101,5 +101,6 @@ def encode_images(
 
 
 def _image_size(model: torch.nn.Module) -> tuple[int, int]:
-    size = getattr(model.visual, "image_size", 224)
+    # open_clip keeps it on the vision tower; an image-feature model (kdmcse.teacher.image_features) on itself
+    size = getattr(getattr(model, "visual", model), "image_size", 224)
     return tuple(size) if isinstance(size, (tuple, list)) else (size, size)

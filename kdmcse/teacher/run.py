@@ -3,7 +3,12 @@
     python -m kdmcse teacher --captions results/corpora/captions_<name>.parquet --out-dir DIR
            --model ViT-L-14 --pretrained openai [--model-config JSON] [--batch-size 256] [--workers N]
            [--precision auto|fp32|bf16|fp16] [--skip-bad-images] [--device auto] [--chunk-size N] [--work-dir DIR]
-           [--threads N] [--cache-dtype float32|float16]
+           [--threads N] [--cache-dtype float32|float16] [--kind clip|image]
+    python -m kdmcse teacher scores …   (score statistics of a cache: kdmcse.teacher.scores)
+
+`--kind image` encodes the images only, with a torchvision ResNet (`--model resnet50 --pretrained IMAGENET1K_V1`,
+a state-dict file or none; `kdmcse.teacher.image_features`), into an image-feature cache of the same format
+(no caption embeddings): the released MCSE baseline's features. Everything below applies to both kinds.
 
 Embeddings are the projected CLIP features *before* L2 normalisation, like the features the paper trained on.
 Images go through CLIP's deterministic eval transform, decoded by DataLoader worker processes (by default one
@@ -36,6 +41,7 @@ import torch
 from kdmcse.errors import KdmcseError
 from kdmcse.teacher.cache import write_teacher_cache
 from kdmcse.teacher.captions import encode_captions
+from kdmcse.teacher.image_features import load_image_features
 from kdmcse.teacher.images import encode_images
 from kdmcse.teacher.model import PRECISION_CHOICES, load_teacher
 from kdmcse.teacher.shards import encode_shard_images
@@ -91,8 +97,11 @@ def run_teacher(
     work_dir: str | os.PathLike[str] | None = None,
     threads: int = 0,
     cache_dtype: str = "float32",
+    kind: str = "clip",
 ) -> dict[str, Any]:
     """Build the teacher cache in `out_dir`; returns its metadata plus timings (`seconds`).
+
+    `kind` = clip (an open_clip teacher: images and captions) or image (a torchvision ResNet: images only).
 
     `cache_dtype` = storage of the cached embeddings (float16 halves a 1M-pair cache; they are computed in fp32).
 
@@ -107,13 +116,15 @@ def run_teacher(
         return _run_teacher(captions, out_dir, model=model, pretrained=pretrained, model_config=model_config,
                             batch_size=batch_size, workers=workers, precision=precision,
                             skip_bad_images=skip_bad_images, device=device, chunk_size=chunk_size,
-                            work_dir=work_dir, threads=threads, cache_dtype=cache_dtype)
+                            work_dir=work_dir, threads=threads, cache_dtype=cache_dtype, kind=kind)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _run_teacher(captions, out_dir, *, model, pretrained, model_config, batch_size, workers, precision,
-                 skip_bad_images, device, chunk_size, work_dir, threads, cache_dtype) -> dict[str, Any]:
+                 skip_bad_images, device, chunk_size, work_dir, threads, cache_dtype, kind) -> dict[str, Any]:
+    if kind not in ("clip", "image"):
+        raise KdmcseError(f"--kind {kind!r} is not clip or image")
     out_dir = Path(out_dir)
     work_dir = Path(work_dir) if work_dir is not None else out_dir.with_name(out_dir.name + ".work")
     table = load_caption_table(captions)
@@ -128,7 +139,14 @@ def _run_teacher(captions, out_dir, *, model, pretrained, model_config, batch_si
             "(paths are relative to the working directory); fix the paths or pass --skip-bad-images to drop them"
         )
 
-    teacher = load_teacher(model, pretrained, model_config=model_config, device=device, precision=precision)
+    if kind == "image":
+        if model_config is not None:
+            raise KdmcseError("--model-config is for open_clip teachers, not for --kind image")
+        # `auto` = fp32 for an image-feature model: MCSE extracted its ResNet features in float32
+        teacher = load_image_features(model, pretrained, device=device,
+                                      precision="fp32" if precision == "auto" else precision)
+    else:
+        teacher = load_teacher(model, pretrained, model_config=model_config, device=device, precision=precision)
     precision = teacher.meta["precision"]  # `auto` resolved for the device
     if workers < 0:
         workers = decode_workers(threads, teacher.device.type)
@@ -142,6 +160,7 @@ def _run_teacher(captions, out_dir, *, model, pretrained, model_config, batch_si
         "precision": precision,
         "device_type": teacher.device.type,
         "chunk_size": chunk_size,
+        **({"kind": kind} if kind != "clip" else {}),
     }
     prepare_work_dir(work_dir, job)
     if teacher.device.type == "cpu":
@@ -168,7 +187,7 @@ def _run_teacher(captions, out_dir, *, model, pretrained, model_config, batch_si
                 "replace them or pass --skip-bad-images to drop them and their captions "
                 f"(finished chunks are kept in {work_dir})"
             )
-    caption_emb = encode_captions(
+    caption_emb = None if kind == "image" else encode_captions(
         teacher, table, work_dir, batch_size=batch_size, workers=workers, chunk_size=chunk_size
     )
     t2 = time.perf_counter()
@@ -197,7 +216,7 @@ def _run_teacher(captions, out_dir, *, model, pretrained, model_config, batch_si
         caption_ids=table.caption_ids[keep_cap],
         caption_image_ids=[i for i, k in zip(table.caption_image_ids, keep_cap) if k],
         caption_texts=[t for t, k in zip(table.captions, keep_cap) if k],
-        caption_emb=caption_emb[keep_cap],
+        caption_emb=None if caption_emb is None else caption_emb[keep_cap],
         meta=meta,
         dtype=cache_dtype,
     )
@@ -227,12 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", default=None, help="where finished chunks are kept (default: <out-dir>.work)")
     p.add_argument("--cache-dtype", choices=["float32", "float16"], default="float32",
                    help="storage of the cached embeddings (float16: half the size, for 1M-pair sets)")
+    p.add_argument("--kind", choices=["clip", "image"], default="clip",
+                   help="clip: an open_clip teacher (images and captions); image: a torchvision ResNet, images only")
     p.add_argument("--threads", type=int, default=0,
                    help="threads the job may use (default 0: every core it has): torch threads on CPU, decode workers")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv and argv[0] == "scores":  # `teacher scores …`: the score statistics of a finished cache
+        from kdmcse.teacher.scores import main as scores_main
+
+        return scores_main(argv[1:])
     args = build_parser().parse_args(argv)
     run_teacher(
         args.captions,
@@ -249,5 +274,6 @@ def main(argv: list[str] | None = None) -> int:
         work_dir=args.work_dir,
         threads=args.threads,
         cache_dtype=args.cache_dtype,
+        kind=args.kind,
     )
     return 0

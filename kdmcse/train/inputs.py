@@ -50,10 +50,13 @@ class TrainData:
     pair_image_row: np.ndarray | None = None  # caption table row -> cache image row
     info: dict[str, Any] = field(default_factory=dict)
 
-    def teacher_batch(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw (unnormalised) teacher image and caption embeddings of caption-table rows `rows`."""
-        assert self.image_emb is not None and self.caption_emb is not None
+    def teacher_batch(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Raw (unnormalised) teacher image and caption embeddings of caption-table rows `rows` (caption None for
+        an image-feature cache)."""
+        assert self.image_emb is not None
         img = np.asarray(self.image_emb[self.pair_image_row[rows]], dtype=np.float32)
+        if self.caption_emb is None:
+            return torch.from_numpy(img), None
         cap = np.asarray(self.caption_emb[self.pair_caption_row[rows]], dtype=np.float32)
         return torch.from_numpy(img), torch.from_numpy(cap)
 
@@ -65,7 +68,7 @@ class Inputs:
     texts: list[str]
     captions: list[str] | None
     caption_ids: np.ndarray | None
-    teacher: Any | None  # an opened TeacherCache
+    teacher: Any | None  # an opened TeacherCache (None for simcse, whose captions are text batches only)
     senteval: Path | None
     pairs_skipped: int = 0  # caption rows the teacher skipped (unreadable images), left out here too
 
@@ -81,8 +84,17 @@ def check_inputs(cfg: dict[str, Any], text: Path, pairs: Path | None, teacher: P
     captions = caption_ids = cache = None
     skipped = 0
     if cfg["objective"] == "simcse":
-        if pairs is not None or teacher is not None:
-            log.info("objective simcse trains on the text corpus only: --pairs/--teacher are ignored")
+        # the released SimCSE run: the caption text batches interleave with Wikipedia (text-text term only)
+        if teacher is not None:
+            log.info("objective simcse uses no teacher: --teacher is ignored")
+        if pairs is not None:
+            table = read_column_table(pairs, ["caption_id", "caption"], "--pairs caption table")
+            captions = table.column("caption").to_pylist()
+            caption_ids = table.column("caption_id").to_numpy().astype(np.int64)
+            if not captions:
+                raise KdmcseError(f"--pairs caption table {pairs} has no rows")
+            log.info("objective simcse: the %d captions of %s interleave as text batches (no teacher)", len(captions),
+                     pairs)
     else:
         if pairs is None or teacher is None:
             raise KdmcseError(f"objective {cfg['objective']} needs --pairs (captions parquet) and --teacher "
@@ -97,6 +109,9 @@ def check_inputs(cfg: dict[str, Any], text: Path, pairs: Path | None, teacher: P
         if checkpoint.is_file():  # the cache names a local checkpoint by its tag or file name: compare the bytes
             del expect["pretrained"]
         cache = open_teacher_cache(teacher, expect=expect)
+        if cfg["objective"] == "kdmcse" and cache.caption_emb is None:
+            raise KdmcseError(f"teacher cache {teacher} holds image features only; kdmcse distils from a CLIP "
+                              "teacher's image and caption embeddings: point --teacher at a CLIP teacher cache")
         _check_model_config(cache, cfg["teacher"])
         if checkpoint.is_file():
             _check_checkpoint(cache, checkpoint)
@@ -156,8 +171,11 @@ def data_info(inputs: Inputs) -> dict[str, Any]:
     """What identifies the training data (part of the checkpoint fingerprint and of run_meta.json)."""
     info: dict[str, Any] = {"text_rows": len(inputs.texts)}
     if inputs.captions is not None:
-        info.update(pair_rows=len(inputs.captions), teacher_dim=inputs.teacher.dim,
-                    teacher_content_sha256=inputs.teacher.meta.get("content_sha256"))
+        info["pair_rows"] = len(inputs.captions)
+    if inputs.teacher is not None:
+        info.update(teacher_dim=inputs.teacher.dim, teacher_content_sha256=inputs.teacher.meta.get("content_sha256"))
+        if inputs.teacher.meta.get("kind", "clip") != "clip":  # only then: other fingerprints stay as they were
+            info["teacher_kind"] = inputs.teacher.meta["kind"]
         if inputs.pairs_skipped:  # only when non-zero, so the fingerprints of other runs stay as they were
             info["pairs_skipped"] = inputs.pairs_skipped
     return info
@@ -172,6 +190,8 @@ def build_data(inputs: Inputs, tokenizer: Any, max_length: int, show_progress: b
         cache = inputs.teacher
         data.pairs = TokenizedTexts.from_texts(tokenizer, inputs.captions, max_length,
                                                 desc="tokenise captions", show_progress=show_progress)
+        if cache is None:  # SimCSE over caption text: no teacher rows to map
+            return data
         order = np.argsort(cache.caption_ids, kind="stable")
         pos = np.searchsorted(cache.caption_ids, inputs.caption_ids, sorter=order)
         pos = np.minimum(pos, len(order) - 1)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from kdmcse.errors import KdmcseError
+from kdmcse.grid import is_quantile
 from kdmcse.io import write_json
 from kdmcse.train.checkpoint import (
     Checkpoint,
@@ -71,6 +72,7 @@ from kdmcse.train.step import (
     step_losses,
 )
 from kdmcse.train.step_values import StepValues, first_non_finite, means
+from kdmcse.train.thresholds import resolve_threshold
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,8 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
     selection: DevSelection
+    values: StepValues  # per-step device values, with whole-run totals (mask rates) that a checkpoint keeps
+    threshold: dict[str, Any] | None = None  # the settled threshold (kdmcse.train.thresholds), for run_meta.json
     start_step: int = 0
     curves: TrainingCurves | None = None
     seed: int = 0
@@ -112,7 +116,7 @@ class Run:
 
 # ---------------------------------------------------------------- set-up
 def set_up(cfg: dict[str, Any], settings: LossSettings, inputs: Inputs, ctx: DistContext, *, seed: int,
-           out: Path, show_progress: bool, label: str = "") -> Run:
+           out: Path, show_progress: bool, label: str = "", threshold: dict[str, Any] | None = None) -> Run:
     """Build the run, or continue the checkpointed one; whatever can refuse it comes before the model loads."""
     device = pick_device(ctx)
     check_precision(cfg["precision"], device)
@@ -120,14 +124,18 @@ def set_up(cfg: dict[str, Any], settings: LossSettings, inputs: Inputs, ctx: Dis
     n_text, n_pair = len(inputs.texts), len(inputs.captions) if inputs.captions is not None else 0
     check_shardable(cfg["batch_size"], n_text, n_pair, ctx.world_size)
     schedule = mixing_schedule(n_text, n_pair, cfg["batch_size"], cfg["epochs"], cfg["max_steps"])
-    fingerprint = run_fingerprint(result_config(cfg), seed, data_info(inputs), ctx.world_size)
+    result = result_config(cfg)
+    if is_quantile(cfg["threshold"]):  # the score it resolved to follows from the statistics, not the config
+        result["threshold_value"] = settings.threshold
+    fingerprint = run_fingerprint(result, seed, data_info(inputs), ctx.world_size)
     ckpt_dir = out / "checkpoint"
     saved = load_checkpoint(ckpt_dir, fingerprint)
 
     set_seed(seed)  # before model init: the heads' random init depends on it
     tokenizer = load_tokenizer(cfg["model"])
     teacher_dim = inputs.teacher.dim if inputs.teacher is not None else None
-    student = StudentModel.from_pretrained(cfg["model"], proj_dim=cfg["proj_dim"], teacher_dim=teacher_dim)
+    student = StudentModel.from_pretrained(cfg["model"], proj_dim=cfg["proj_dim"], teacher_dim=teacher_dim,
+                                           head_init=cfg["head_init"])
     student.to(device)
     student.train()
 
@@ -142,7 +150,8 @@ def set_up(cfg: dict[str, Any], settings: LossSettings, inputs: Inputs, ctx: Dis
 
     run = Run(cfg, settings, inputs, ctx, device, autocast, schedule, fingerprint,
               ckpt_dir, tokenizer, student, data, batches, params, optimizer, scheduler, scaler,
-              DevSelection(inputs.senteval, cfg["pooling"]), seed=seed, label=label or str(out))
+              DevSelection(inputs.senteval, cfg["pooling"]), StepValues(), threshold, seed=seed,
+              label=label or str(out))
     if saved is not None:
         resume(run, saved)
     run.curves = TrainingCurves(out / TENSORBOARD_DIR if ctx.is_main else None, run.start_step)
@@ -167,6 +176,7 @@ def resume(run: Run, saved: Checkpoint) -> None:
     run.batches.load_state_dict(state["loaders"])
     restore_rng_state(state["rng"][run.ctx.rank])
     run.selection.load_state_dict(state["selection"], saved.best_weights)
+    run.values = StepValues(totals=state.get("step_totals"))
     run.start_step = saved.step
 
 
@@ -235,7 +245,7 @@ def checkpoint(run: Run, done: int) -> None:
             "grad_present": [p.grad is not None for p in run.params],
             "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
             "loaders": run.batches.state_dict(), "rng": rng, "selection": run.selection.state_dict(),
-            "curves": run.curves.state_dict(),
+            "curves": run.curves.state_dict(), "step_totals": run.values.totals(),
         }, run.fingerprint, best_step=best["step"] if best["state"] is not None else None,
             best_weights=best["state"])
     barrier(run.ctx)
@@ -260,6 +270,15 @@ def checkpoint_decision(run: Run, done: int, policy: CheckpointPolicy, stop: Sto
 
 
 # ---------------------------------------------------------------- outputs
+def mask_rates(run: Run) -> dict[str, Any] | None:
+    """Mean share of in-batch negatives each term's mask dropped over the run's paired steps (None: no mask)."""
+    if run.threshold is None:
+        return None
+    totals = run.values.totals()
+    return {"image": run.values.run_mean("mask_rate_image"), "text": run.values.run_mean("mask_rate_text"),
+            "paired_steps": int(totals.get("mask_rate_image", [0.0, 0])[1])}
+
+
 def finish(run: Run, *, seed: int, text: Path, out: Path, pairs: Path | None, teacher: Path | None,
            senteval: Path | None, paired_done: int, started: float) -> dict[str, Any]:
     """Load the selected weights and write model/, heads.pt and run_meta.json (the completion marker).
@@ -283,6 +302,7 @@ def finish(run: Run, *, seed: int, text: Path, out: Path, pairs: Path | None, te
         "schedule": run.schedule.to_dict(), "total_steps": run.schedule.total_steps, "paired_steps": paired_done,
         "selection": selection, "best_dev_spearman": best["score"], "best_step": best["step"],
         "dev_history": run.selection.history,
+        "threshold": run.threshold, "mask_rate": mask_rates(run),
     }
     host = {"device": device_name(run.device), "host": node(), "resumed_from_step": run.start_step or None,
             "wall_time_s": round(time.time() - started, 3)}
@@ -304,22 +324,28 @@ def train(
     pairs: Path | None = None,
     teacher: Path | None = None,
     senteval: Path | None = None,
+    score_stats: Path | None = None,
     show_progress: bool = True,
     label: str = "",
 ) -> dict[str, Any]:
     """Train one student and write `out/` (see module doc). Returns the run metadata.
 
-    `label` names the job (its cell) in the log's opening line. Raises `TrainingInterrupted` after saving a
-    checkpoint when the job gets SIGTERM or SIGUSR1.
+    `label` names the job (its cell) in the log's opening line. `score_stats` (the teacher cache's score
+    statistics) resolves a quantile threshold and predicts the mask rate of any threshold before the model loads
+    (`kdmcse.train.thresholds`). Raises `TrainingInterrupted` after saving a checkpoint when the job gets SIGTERM
+    or SIGUSR1.
     """
     cfg = validate_run_config(run_config)
-    settings = LossSettings.from_run_config(cfg)
     inputs = check_inputs(cfg, text, pairs, teacher, senteval)
+    threshold = resolve_threshold(cfg, score_stats, cache_meta=inputs.teacher.meta if inputs.teacher else None,
+                                  where=str(out))
+    settings = LossSettings.from_run_config({**cfg, "threshold": threshold["value"] if threshold else None})
     ctx = init_distributed()
     run = None
     try:
         started = time.time()
-        run = set_up(cfg, settings, inputs, ctx, seed=seed, out=out, show_progress=show_progress, label=label)
+        run = set_up(cfg, settings, inputs, ctx, seed=seed, out=out, show_progress=show_progress, label=label,
+                     threshold=threshold)
         with StopSignals() as stop, tf32_mode(cfg["precision"], run.device):
             paired_done = run_steps(run, stop, show_progress=show_progress)
             meta: dict[str, Any] = {}
@@ -348,7 +374,7 @@ def run_steps(run: Run, stop: StopSignals, *, show_progress: bool) -> int:
     from tqdm.auto import tqdm
 
     cfg, total = run.cfg, run.schedule.total_steps
-    values = StepValues()
+    values = run.values
     policy = CheckpointPolicy(cfg["checkpoint_minutes"], total, run.start_step, clock=CLOCK)
     timer = StepTimer(run.start_step, total, cfg["log_every"], cfg["eval_steps"])
     paired_done = run.schedule.paired_steps_until(run.start_step)
@@ -400,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", type=Path, help="captions_<name>.parquet (mcse/kdmcse)")
     p.add_argument("--teacher", type=Path, help="teacher cache folder of those captions (mcse/kdmcse)")
     p.add_argument("--senteval", type=Path, help="SentEval data folder (holds STS/); enables dev selection")
+    p.add_argument("--score-stats", type=Path,
+                   help="score statistics of the teacher cache (`teacher scores`): resolves a quantile threshold "
+                        "and predicts a threshold's mask rate")
     p.add_argument("--seed", required=True, type=int)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars (logging only)")
@@ -413,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_run_config(args.run_config)
     try:
         train(cfg, text=args.text, out=args.out, seed=args.seed, pairs=args.pairs, teacher=args.teacher,
-              senteval=args.senteval, show_progress=not args.no_progress, label=cell_label(args.cell))
+              senteval=args.senteval, score_stats=args.score_stats, show_progress=not args.no_progress,
+              label=cell_label(args.cell))
     except TrainingInterrupted as stop:
         log.error("%s", stop)
         return stop.exit_code

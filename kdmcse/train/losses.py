@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdmcse.errors import KdmcseError
+from kdmcse.teacher.scores import cross_modal_scores
 
 # The value the published collator uses for masked logits; kept so that masked runs match it bit for bit.
 MASK_VALUE = -99999.99
@@ -78,36 +79,37 @@ def angular_logits(
     return torch.where(negative, shifted, c) / temperature
 
 
+def masked_negatives(scores: Tensor, threshold: float) -> Tensor:
+    """Boolean n×n: the off-diagonal entries (negatives) whose teacher score exceeds `threshold`."""
+    if scores.ndim != 2 or scores.shape[0] != scores.shape[1]:
+        raise ValueError(f"threshold_mask needs a square score matrix, got {tuple(scores.shape)}")
+    n = scores.shape[0]
+    off_diag = ~torch.eye(n, dtype=torch.bool, device=scores.device)
+    return off_diag & (scores > threshold)
+
+
 def threshold_mask(scores: Tensor, threshold: float) -> Tensor:
     """Additive logit mask: MASK_VALUE where `scores` > `threshold` off the diagonal, 0 elsewhere.
 
     Masked entries (suspected false negatives by the teacher) drop out of the softmax denominator; the
     diagonal (the positive) is never masked.
     """
-    if scores.ndim != 2 or scores.shape[0] != scores.shape[1]:
-        raise ValueError(f"threshold_mask needs a square score matrix, got {tuple(scores.shape)}")
-    n = scores.shape[0]
-    off_diag = ~torch.eye(n, dtype=torch.bool, device=scores.device)
-    hit = off_diag & (scores > threshold)
+    hit = masked_negatives(scores, threshold)
     dtype = scores.dtype if scores.dtype.is_floating_point else torch.float32
     zeros = torch.zeros(scores.shape, dtype=dtype, device=scores.device)
     return zeros.masked_fill(hit, MASK_VALUE)
 
 
-def teacher_scores(image_emb: Tensor, text_emb: Tensor, space: ScoreSpace = "raw_dot") -> tuple[Tensor, Tensor]:
-    """The teacher's cross-modal score matrices that the threshold mask is computed from.
+def mask_rate(hit: Tensor) -> Tensor:
+    """Fraction of the n(n-1) in-batch negatives that `hit` masks, as a 0-d device tensor (no host sync)."""
+    n = hit.shape[0]
+    return hit.sum(dtype=torch.float32) / max(1, n * (n - 1))
 
-    Returns (cv, vc): cv = T·Iᵀ (row caption i, column image j) masks the image term, vc = I·Tᵀ masks the
-    text term. `raw_dot` uses the unnormalised features as the published code does; `cosine` normalises first.
-    """
-    if space == "raw_dot":
-        img, txt = image_emb, text_emb
-    elif space == "cosine":
-        img, txt = F.normalize(image_emb, dim=-1), F.normalize(text_emb, dim=-1)
-    else:
-        raise KdmcseError(f"threshold_space must be 'raw_dot' or 'cosine', got {space!r}")
-    img, txt = img.detach().float(), txt.detach().float()
-    return txt @ img.T, img @ txt.T
+
+def teacher_scores(image_emb: Tensor, text_emb: Tensor, space: ScoreSpace = "raw_dot") -> tuple[Tensor, Tensor]:
+    """(cv, vc), the teacher's cross-modal scores the mask compares (`kdmcse.teacher.scores.cross_modal_scores`:
+    one definition for training and for the score statistics that calibrate thresholds)."""
+    return cross_modal_scores(image_emb, text_emb, space)
 
 
 def teacher_cosine(emb: Tensor) -> Tensor:
@@ -179,7 +181,7 @@ class LossSettings:
     margin1: float = 0.15
     margin2: float = 0.15
     lam: float = 0.01
-    threshold: float | None = None
+    threshold: float | None = None  # a score (quantile thresholds are resolved before, kdmcse.train.thresholds)
     threshold_space: ScoreSpace = "raw_dot"
     inter_reduction: Reduction = "sum"
 
@@ -205,6 +207,9 @@ class LossSettings:
         missing = [k for k in keys if k not in cfg]
         if missing:
             raise KdmcseError(f"run config lacks {', '.join(missing)}: add them (see config/config.yaml)")
+        if isinstance(cfg["threshold"], str):
+            raise KdmcseError(f"run config threshold {cfg['threshold']!r} is a quantile: resolve it to a score first "
+                              "(kdmcse.train.thresholds.resolve_threshold)")
         return cls(
             objective=cfg["objective"],
             temperature=float(cfg["temperature"]),
@@ -241,7 +246,8 @@ def objective_loss(
     - mcse:   intra(margin 0) + λ·l_v with plain cosines (no margins, no text term, no mask).
     - kdmcse: intra(margin1) + λ·(l_v + l_t) [sum or mean], adaptive margins from vv/cc, optional mask.
 
-    Returns {"intra", "total"} plus "image" (mcse, kdmcse) and "text" (kdmcse) on paired steps.
+    Returns {"intra", "total"} plus "image" (mcse, kdmcse) and "text" (kdmcse) on paired steps, and with a
+    threshold "mask_rate_image"/"mask_rate_text": the fraction of in-batch negatives each term's mask drops.
     """
     s = settings
     paired = p1 is not None
@@ -261,12 +267,16 @@ def objective_loss(
     if text_proj is None or image_emb is None or text_emb is None:
         raise ValueError("a kdmcse paired step needs text_proj, image_emb and text_emb")
     mask_v = mask_t = None
+    rates: dict[str, Tensor] = {}
     if s.threshold is not None:
         cv, vc = teacher_scores(image_emb, text_emb, s.threshold_space)
-        mask_v, mask_t = threshold_mask(cv, s.threshold), threshold_mask(vc, s.threshold)
+        hit_v, hit_t = masked_negatives(cv, s.threshold), masked_negatives(vc, s.threshold)
+        zeros = torch.zeros(cv.shape, dtype=cv.dtype, device=cv.device)
+        mask_v, mask_t = zeros.masked_fill(hit_v, MASK_VALUE), zeros.masked_fill(hit_t, MASK_VALUE)
+        rates = {"mask_rate_image": mask_rate(hit_v), "mask_rate_text": mask_rate(hit_t)}
     l_image = multimodal_loss(p1, p2, image_proj, temperature=s.temperature_vl, margin=s.margin2,
                               teacher_sim=teacher_cosine(image_emb), mask=mask_v)
     l_text = multimodal_loss(p1, p2, text_proj, temperature=s.temperature_vl, margin=s.margin2,
                              teacher_sim=teacher_cosine(text_emb), mask=mask_t)
     total = combine_losses(intra, l_image, l_text, lam=s.lam, reduction=s.inter_reduction)
-    return {"intra": intra, "image": l_image, "text": l_text, "total": total}
+    return {"intra": intra, "image": l_image, "text": l_text, "total": total, **rates}

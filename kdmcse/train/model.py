@@ -48,10 +48,21 @@ class TanhHead(nn.Module):
         return self.activation(self.linear(x))
 
 
+def init_like_hf(linear: nn.Linear, std: float) -> None:
+    """Weights normal(0, std), bias zero: what Hugging Face's `init_weights` (`_init_weights` of BERT/RoBERTa) does
+    to every Linear of a model it builds. The released `BertForCL`/`RobertaForCL` create their MLP head (`pooler`)
+    inside the pretrained model and call `init_weights()`, so the head starts this way there (method.md §2.1);
+    the grounding and teacher projections live outside it and keep PyTorch's default, as here."""
+    with torch.no_grad():
+        linear.weight.normal_(mean=0.0, std=std)
+        linear.bias.zero_()
+
+
 class StudentModel(nn.Module):
     """Encoder + heads. `forward` returns (h, z): the CLS vector before and after the MLP."""
 
-    def __init__(self, encoder: nn.Module, *, proj_dim: int = 256, teacher_dim: int | None = 768) -> None:
+    def __init__(self, encoder: nn.Module, *, proj_dim: int = 256, teacher_dim: int | None = 768,
+                 head_init: str = "torch") -> None:
         super().__init__()
         self.encoder = encoder
         hidden = int(encoder.config.hidden_size)
@@ -65,6 +76,10 @@ class StudentModel(nn.Module):
         pooler = getattr(encoder, "pooler", None)
         if isinstance(pooler, nn.Module):
             pooler.requires_grad_(False)
+        if head_init == "hf":
+            init_like_hf(self.mlp.linear, float(getattr(encoder.config, "initializer_range", 0.02)))
+        elif head_init != "torch":
+            raise KdmcseError(f"head_init must be 'hf' or 'torch', got {head_init!r}")
 
     @classmethod
     def from_pretrained(
@@ -74,10 +89,12 @@ class StudentModel(nn.Module):
         proj_dim: int = 256,
         teacher_dim: int | None = 768,
         dropout: float | None = None,
+        head_init: str = "torch",
     ) -> "StudentModel":
         """Load the encoder through `AutoModel` (local dir or cached HF id) and add freshly initialised heads.
 
-        `dropout`, when given, overrides the encoder's hidden and attention dropout probabilities.
+        `dropout`, when given, overrides the encoder's hidden and attention dropout probabilities. `head_init`
+        "hf" initialises the MLP head as the released model's (`init_like_hf`), "torch" leaves nn.Linear's default.
         """
         from transformers import AutoConfig, AutoModel
 
@@ -96,7 +113,7 @@ class StudentModel(nn.Module):
             for k in changed:
                 setattr(config, k, float(dropout))
         encoder = AutoModel.from_pretrained(name, config=config, **float32_load_kwargs())
-        return cls(encoder, proj_dim=proj_dim, teacher_dim=teacher_dim)
+        return cls(encoder, proj_dim=proj_dim, teacher_dim=teacher_dim, head_init=head_init)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
         kwargs: dict[str, Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}

@@ -13,12 +13,13 @@ from typing import Any, Callable
 
 from kdmcse.embedding import POOLINGS
 from kdmcse.errors import KdmcseError
+from kdmcse.grid import is_quantile, quantile_level
 from kdmcse.train.precision import PRECISIONS
 
 OBJECTIVES = ("simcse", "mcse", "kdmcse")
 # Keys that change how a run is watched and saved, not what it computes: they stay out of the checkpoint
-# fingerprint, so a requeued job may resume with another checkpoint interval or logging interval.
-RESULT_NEUTRAL_KEYS = ("checkpoint_minutes", "log_every")
+# fingerprint, so a requeued job may resume with another checkpoint interval, logging interval or check mode.
+RESULT_NEUTRAL_KEYS = ("checkpoint_minutes", "log_every", "threshold_check")
 # key -> (check, what it must be); every key is required (docs/architecture.md §4)
 _NUM = (int, float)
 
@@ -43,14 +44,17 @@ RUN_CONFIG_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "temperature_vl": (lambda v: _is_num(v) and v > 0, "a number > 0"),
     "margin1": (lambda v: _is_num(v) and 0 <= v <= math.pi, "an angle in radians in [0, pi]"),
     "margin2": (lambda v: _is_num(v) and 0 <= v <= math.pi, "an angle in radians in [0, pi]"),
-    "threshold": (lambda v: v is None or _is_num(v), "null (off) or a number"),
+    "threshold": (lambda v: v is None or _is_num(v) or (is_quantile(v) and 0 < quantile_level(v) < 1),
+                  'null (off), a number, or a quantile "qL" with 0 < L < 1 (e.g. "q0.99")'),
     "threshold_space": (lambda v: v in ("raw_dot", "cosine"), "raw_dot or cosine"),
+    "threshold_check": (lambda v: v in ("warn", "error"), "warn or error"),
     "inter_reduction": (lambda v: v in ("sum", "mean"), "sum or mean"),
     "proj_dim": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "max_seq_length": (lambda v: _is_int(v) and v >= 3, "an integer >= 3"),
     "eval_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "pooling": (lambda v: v in POOLINGS, f"one of {', '.join(POOLINGS)}"),
     "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+    "head_init": (lambda v: v in ("hf", "torch"), "hf (normal(0, initializer_range), zero bias) or torch"),
     "teacher": (
         lambda v: isinstance(v, dict) and {"model", "pretrained"} <= set(v) <= {"model", "pretrained",
                                                                                 "model_config_sha256"}

@@ -43,10 +43,11 @@ def make_batch(data: TrainData, paired: bool, global_rows: np.ndarray, ctx: Dist
     assert corpus is not None
     tokens = {k: to_device(v, device) for k, v in corpus.collate(local).items()}
     batch = StepBatch(paired, local, shard_sizes(len(global_rows), ctx.world_size), tokens)
-    if paired:
+    if paired and data.image_emb is not None:
         # every process knows the global batch, so it reads the teacher rows itself instead of gathering them
         img, cap = data.teacher_batch(global_rows)
-        batch.image_emb, batch.caption_emb = to_device(img, device), to_device(cap, device)
+        batch.image_emb = to_device(img, device)
+        batch.caption_emb = None if cap is None else to_device(cap, device)
     return batch
 
 
@@ -65,13 +66,15 @@ def losses_from_cls(student: Any, h: torch.Tensor, batch: StepBatch, settings: A
     # rows are [s0, s0, s1, s1, …]: view 1 is the even rows, view 2 the odd ones
     hv, zv = h.view(n, 2, -1), z.view(n, 2, -1)
     z1, z2 = gather_rows(zv[:, 0], ctx, batch.sizes), gather_rows(zv[:, 1], ctx, batch.sizes)
-    if not batch.paired:
+    if not batch.paired or batch.image_emb is None:  # text-only steps, and SimCSE's caption batches
         return objective_loss(settings, z1=z1, z2=z2)
     p = student.ground(hv.reshape(2 * n, -1)).view(n, 2, -1)
     p1, p2 = gather_rows(p[:, 0], ctx, batch.sizes), gather_rows(p[:, 1], ctx, batch.sizes)
     return objective_loss(
         settings, z1=z1, z2=z2, p1=p1, p2=p2,
-        image_proj=student.project_image(batch.image_emb), text_proj=student.project_text(batch.caption_emb),
+        image_proj=student.project_image(batch.image_emb),
+        # an image-feature cache (the released MCSE baseline) has no caption features: MCSE uses none
+        text_proj=None if batch.caption_emb is None else student.project_text(batch.caption_emb),
         image_emb=batch.image_emb, text_emb=batch.caption_emb,
     )
 

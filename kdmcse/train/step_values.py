@@ -27,9 +27,11 @@ class StepRecord:
 class StepValues:
     """A queue of per-step device values, moved to the host in one copy per `read`."""
 
-    def __init__(self) -> None:
+    def __init__(self, totals: dict[str, list[float]] | None = None) -> None:
         self._pending: list[tuple[int, bool, tuple[str, ...], torch.Tensor]] = []
         self._records: list[StepRecord] = []
+        # key -> [sum, count] over every step read so far (the whole run, across a resume: see `totals`)
+        self._totals: dict[str, list[float]] = {k: [float(v[0]), int(v[1])] for k, v in (totals or {}).items()}
 
     def __len__(self) -> int:
         return len(self._pending) + len(self._records)
@@ -46,10 +48,25 @@ class StepValues:
             flat = torch.cat([t for *_, t in self._pending]).tolist()
             offset = 0
             for step, paired, names, _ in self._pending:
-                self._records.append(StepRecord(step, paired, dict(zip(names, flat[offset : offset + len(names)]))))
+                record = StepRecord(step, paired, dict(zip(names, flat[offset : offset + len(names)])))
+                self._records.append(record)
+                for k, v in record.values.items():
+                    total = self._totals.setdefault(k, [0.0, 0])
+                    total[0] += v
+                    total[1] += 1
                 offset += len(names)
             self._pending.clear()
         return list(self._records)
+
+    def totals(self) -> dict[str, list[float]]:
+        """{key: [sum, count]} over every step read so far: plain data, saved in a checkpoint so that a resumed
+        run's whole-run means (`run_mean`) equal an uninterrupted run's."""
+        return {k: [v[0], v[1]] for k, v in self._totals.items()}
+
+    def run_mean(self, key: str) -> float | None:
+        """Mean of `key` over every step read so far that reported it (None when none did)."""
+        total = self._totals.get(key)
+        return total[0] / total[1] if total and total[1] else None
 
     def take(self) -> list[StepRecord]:
         """`read`, then forget the records (the caller has logged them)."""

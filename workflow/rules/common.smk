@@ -12,12 +12,19 @@ from kdmcse.grid import (
     Cell,
     ablation_cells,
     all_cells,
+    caption_spec,
+    cell_pairs,
+    cell_score_stats,
+    cell_teacher,
+    feature_spec,
     main_cells,
     parse_threshold,
     run_config,
     scale_cells,
+    score_stats_path,
     student_dir,
     train_inputs as cell_train_inputs,
+    threshold_label,
     transfer_cells,
 )
 
@@ -39,8 +46,9 @@ wildcard_constraints:
     backbone=r"[A-Za-z0-9_-]+",
     objective=r"simcse|mcse|kdmcse",
     margin=r"[0-9.]+",
-    threshold=r"off|-?[0-9.]+",
+    threshold=r"off|-?[0-9.]+|q[0-9.]+",
     seed=r"\d+",
+    batch=r"\d+",
 
 
 CELL = "{dataset}/{backbone}/{objective}/margin~{margin}_threshold~{threshold}"
@@ -138,9 +146,8 @@ def shlex_quote(s):
 
 
 def caption_corpus(name):
-    if name not in config["captions"]:
-        raise ValueError(f"caption corpus {name!r} is not defined under config key 'captions'")
-    return config["captions"][name]
+    """Config of a caption corpus; `<name>-onecap` is corpus <name> with one random caption per image (MCSE)."""
+    return caption_spec(config, name)
 
 
 def captions_inputs(w):
@@ -222,9 +229,8 @@ def shard_processes(w):
 # --- teacher stage helpers
 
 def teacher_spec(name):
-    if name not in config["teachers"]:
-        raise ValueError(f"teacher {name!r} is not defined under config key 'teachers'")
-    return config["teachers"][name]
+    """A CLIP teacher (config `teachers`) or an image-feature extractor (config `image_features`), with its kind."""
+    return feature_spec(config, name)
 
 
 def teacher_model_config_sha256(name):
@@ -244,6 +250,10 @@ def teacher_inputs(w):
 
 def teacher_args(w):
     t = teacher_spec(w.teacher)
+    if t["kind"] == "image":  # a torchvision ResNet: images only (the released MCSE baseline's features)
+        args = ["--kind", "image", "--model", t["model"], "--pretrained", t["weights"],
+                "--precision", t.get("precision", "fp32"), "--batch-size", str(t.get("batch_size", 64))]
+        return " ".join(map(shlex_quote, args))
     args = ["--model", t["model"], "--pretrained", t["pretrained"], "--precision", t.get("precision", "auto")]
     args += ["--batch-size", str(t.get("batch_size", 256))]
     if t.get("model_config"):
@@ -257,6 +267,23 @@ def teacher_args(w):
 
 
 # --- train stage helpers
+
+def score_stats_cells():
+    """Score-statistics file -> the KDMCSE cells that train from that cache at that batch size."""
+    out = {}
+    for cell in all_cells(config):
+        path = cell_score_stats(config, cell)
+        if path:
+            out.setdefault(path, []).append(cell)
+    return out
+
+
+def score_plot_thresholds(w):
+    """The distinct thresholds of the cells that train from these statistics (off left out)."""
+    cells = score_stats_cells().get(score_stats_path(w.pairs, w.teacher, w.batch), [])
+    labels = sorted({c.threshold_label for c in cells if c.threshold is not None})
+    return " ".join(shlex_quote(t) for t in labels)
+
 
 def train_inputs(w):
     # kdmcse.grid holds the paths, so that `python -m kdmcse config --cell` prints the same command
@@ -275,9 +302,14 @@ def train_launcher():
 
 
 def train_pair_args(w, input):
-    if "pairs" not in input.keys():
-        return ""
-    return f"--pairs {shlex_quote(input.pairs)} --teacher {shlex_quote(str(Path(input.teacher).parent))}"
+    args = []
+    if "pairs" in input.keys():
+        args += ["--pairs", input.pairs]
+    if "teacher" in input.keys():
+        args += ["--teacher", str(Path(input.teacher).parent)]
+    if "score_stats" in input.keys():
+        args += ["--score-stats", input.score_stats]
+    return " ".join(map(shlex_quote, args))
 
 
 # --- train and evaluate stage helpers

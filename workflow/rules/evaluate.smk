@@ -4,6 +4,8 @@
 rule evaluate_sts:
     input:
         model=f"results/students/{CELL}/seed~{{seed}}/model",
+        # what training recorded (the settled threshold, the measured mask rates) goes into the metrics
+        meta=f"results/students/{CELL}/seed~{{seed}}/run_meta.json",
         senteval=SENTEVAL,
     output:
         f"results/metrics/{CELL}/seed~{{seed}}.sts.json",
@@ -28,6 +30,7 @@ rule evaluate_sts:
         "python -m kdmcse gpus --count 1 -- "
         "python -m kdmcse evaluate --model {input.model:q} --pooling {params.pooling:q} --tasks sts "
         "--data {input.senteval:q} --batch-size {params.batch_size:q} --out {output:q} --cell {params.cell} "
+        "--run-meta {input.meta:q} "
         "2> {log:q}"
 
 

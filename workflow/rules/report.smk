@@ -1,10 +1,16 @@
 # Metrics -> LaTeX/CSV tables and plots. Reads only metrics files, so it rebuilds in seconds.
 
+# one score histogram per teacher cache and batch size that KDMCSE cells train from, thresholds marked
+SCORE_STATS = score_stats_cells()
+SCORE_PLOTS = [path.removesuffix(".json") + ".png" for path in SCORE_STATS]
+
 REPORT_INPUTS = {
     "main": metrics_files(main_cells(config), "sts"),
     "margin": metrics_files(ablation_cells(config, "margin"), "sts"),
     "threshold": metrics_files(ablation_cells(config, "threshold"), "sts"),
     "transfer": metrics_files(transfer_cells(config), "transfer"),
+    # not read by the report command: listed so that the histograms are made wherever the tables are
+    "score_plots": SCORE_PLOTS,
 }
 TABLES = ["main", "transfer", "ablation_margin", "ablation_threshold"]  # + significance.csv
 PLOTS = ["align_uniform", "ablation_margin", "ablation_threshold"]
@@ -123,3 +129,27 @@ rule report_scale:
     shell:
         "python -m kdmcse report scale --metrics {input.metrics:q} --corpus {params.corpora} "
         "--tables results/tables --plots results/plots {params.note} 2> {log:q}"
+
+
+rule score_plot:
+    input:
+        "results/teacher/{pairs}/{teacher}/scores/batch~{batch}.json",
+    output:
+        pdf="results/teacher/{pairs}/{teacher}/scores/batch~{batch}.pdf",
+        png=report("results/teacher/{pairs}/{teacher}/scores/batch~{batch}.png", caption="../report/score_plot.rst",
+                   category="Plots"),
+    log:
+        "logs/report/scores/{pairs}/{teacher}.batch~{batch}.log",
+    benchmark:
+        "results/benchmarks/report/scores/{pairs}/{teacher}.batch~{batch}.tsv"
+    params:
+        space=config["train"]["threshold_space"],
+        thresholds=score_plot_thresholds,
+        stem=lambda w: f"results/teacher/{w.pairs}/{w.teacher}/scores/batch~{w.batch}",
+        note=lambda w: (f"--caption-note {shlex_quote(config['report']['caption_note'])}" if config["report"]["caption_note"] else ""),
+        code=code_version("report", "teacher/scores"),
+    conda:
+        "../../envs/kdmcse.yaml"
+    shell:
+        "python -m kdmcse report scores --stats {input:q} --space {params.space:q} --threshold {params.thresholds} "
+        "--out-stem {params.stem:q} {params.note} 2> {log:q}"

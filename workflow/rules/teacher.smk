@@ -30,3 +30,31 @@ rule teacher:
         "python -m kdmcse gpus --count 1 -- "
         "python -m kdmcse teacher --captions {input.captions:q} --out-dir {params.out_dir:q} "
         "--threads {threads} {params.args} 2> {log:q}"
+
+
+# The distribution of the scores the threshold mask compares, at a training batch size: resolves quantile
+# thresholds ("q0.99") and tells what share of negatives a threshold drops (kdmcse/teacher/scores.py).
+rule teacher_scores:
+    input:
+        images="results/teacher/{pairs}/{teacher}/images.parquet",
+        captions="results/teacher/{pairs}/{teacher}/captions.parquet",
+    output:
+        "results/teacher/{pairs}/{teacher}/scores/batch~{batch}.json",
+    log:
+        "logs/teacher/{pairs}/{teacher}.scores.batch~{batch}.log",
+    benchmark:
+        "results/benchmarks/teacher/{pairs}/{teacher}.scores.batch~{batch}.tsv"
+    params:
+        cache=lambda w: f"results/teacher/{w.pairs}/{w.teacher}",
+        batches=config["score_stats"]["batches"],
+        seed=config["score_stats"]["seed"],
+        code=code_version("teacher/scores", "teacher/cache"),
+    threads: 1
+    resources:
+        mem_mb=job_resources("prepare")["mem_mb"],
+        runtime=job_resources("prepare")["runtime"],
+    conda:
+        "../../envs/kdmcse.yaml"
+    shell:
+        "python -m kdmcse teacher scores --cache {params.cache:q} --batch-size {wildcards.batch:q} "
+        "--batches {params.batches:q} --seed {params.seed:q} --out {output:q} 2> {log:q}"
