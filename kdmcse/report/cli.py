@@ -15,7 +15,7 @@ from pathlib import Path
 from kdmcse.evaluate.metrics_io import read_metrics_group
 from kdmcse.report.paper_results import load_paper_results
 from kdmcse.report.plots import plot_ablation, plot_align_uniform, save_figure
-from kdmcse.report.render import significance_frame, write_frame, write_table
+from kdmcse.report.render import significance_frame, write_frame_with_html, write_table
 from kdmcse.report.tables import build_ablation_table, build_main_table, build_transfer_table
 
 log = logging.getLogger(__name__)
@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     for table in tables:
         written += write_table(table, args.tables)
     sig = args.tables / "significance.csv"
-    write_frame(sig, significance_frame(main_table.extras.get("significance", [])))
-    written.append(sig)
+    sig_frame = significance_frame(main_table.extras.get("significance", []))
+    written += write_frame_with_html(sig, sig_frame, "Paired significance tests: KDMCSE against MCSE")
     for stem, result in plots.items():
         written += save_figure(result.figure, args.plots / stem)
     for path in written:

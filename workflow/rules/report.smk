@@ -6,44 +6,56 @@ REPORT_INPUTS = {
     "threshold": metrics_files(ablation_cells(config, "threshold"), "sts"),
     "transfer": metrics_files(transfer_cells(config), "transfer"),
 }
-TABLES = ["main", "transfer", "ablation_margin", "ablation_threshold"]  # + significance.csv
+TABLES = ["main", "transfer", "ablation_margin", "ablation_threshold"]  # + significance
 PLOTS = ["align_uniform", "ablation_margin", "ablation_threshold"]
 REPORT_OUTPUTS = (
-    [f"results/tables/{t}.{ext}" for t in TABLES for ext in ("tex", "csv")]
-    + ["results/tables/significance.csv"]
+    [f"results/tables/{t}.{ext}" for t in TABLES for ext in ("tex", "csv", "html")]
+    + ["results/tables/significance.csv", "results/tables/significance.html"]
     + [f"results/plots/{p}.{ext}" for p in PLOTS for ext in ("pdf", "png")]
 )
+# Captions (workflow/report/<name>.rst) of what `snakemake --report` shows: each table as its HTML rendering
+# (the .tex and .csv stay plain outputs) and each plot as its PNG. A new plot is one more entry in
+# PLOT_CAPTIONS and one report_plot() output.
+TABLE_CAPTIONS = {t: f"../report/{t}.rst" for t in TABLES + ["significance"]}
+PLOT_CAPTIONS = {
+    "align_uniform": "../report/align_uniform.rst",
+    "ablation_margin": "../report/ablation_plots.rst",
+    "ablation_threshold": "../report/ablation_plots.rst",
+}
+
+
+def report_table(name):
+    return report(f"results/tables/{name}.html", caption=TABLE_CAPTIONS[name], category="Tables")
+
+
+def report_plot(name, caption=None):
+    return report(f"results/plots/{name}.png", caption=caption or PLOT_CAPTIONS[name], category="Plots")
 
 
 rule report:
     input:
         **REPORT_INPUTS,
     output:
-        main=report("results/tables/main.tex", caption="../report/main.rst", category="Tables"),
+        main="results/tables/main.tex",
         main_csv="results/tables/main.csv",
-        transfer=report("results/tables/transfer.tex", caption="../report/transfer.rst", category="Tables"),
+        main_html=report_table("main"),
+        transfer="results/tables/transfer.tex",
         transfer_csv="results/tables/transfer.csv",
-        margin=report(
-            "results/tables/ablation_margin.tex", caption="../report/ablation_margin.rst", category="Tables"
-        ),
+        transfer_html=report_table("transfer"),
+        margin="results/tables/ablation_margin.tex",
         margin_csv="results/tables/ablation_margin.csv",
-        threshold=report(
-            "results/tables/ablation_threshold.tex", caption="../report/ablation_threshold.rst", category="Tables"
-        ),
+        margin_html=report_table("ablation_margin"),
+        threshold="results/tables/ablation_threshold.tex",
         threshold_csv="results/tables/ablation_threshold.csv",
-        significance=report(
-            "results/tables/significance.csv", caption="../report/significance.rst", category="Tables"
-        ),
+        threshold_html=report_table("ablation_threshold"),
+        significance="results/tables/significance.csv",
+        significance_html=report_table("significance"),
         align_uniform_pdf="results/plots/align_uniform.pdf",
-        align_uniform=report("results/plots/align_uniform.png", caption="../report/align_uniform.rst", category="Plots"),
+        align_uniform=report_plot("align_uniform"),
         margin_plot_pdf="results/plots/ablation_margin.pdf",
-        margin_plot=report(
-            "results/plots/ablation_margin.png", caption="../report/ablation_plots.rst", category="Plots"
-        ),
+        margin_plot=report_plot("ablation_margin"),
         threshold_plot_pdf="results/plots/ablation_threshold.pdf",
-        threshold_plot=report(
-            "results/plots/ablation_threshold.png", caption="../report/ablation_plots.rst", category="Plots"
-        ),
+        threshold_plot=report_plot("ablation_threshold"),
     log:
         "logs/report.log",
     benchmark:
@@ -69,10 +81,11 @@ rule report_scale:
         metrics=metrics_files(SCALE_CELLS, "sts"),
         corpora=[f"results/corpora/captions_{config['datasets'][c.dataset]['pairs']}.parquet" for c in SCALE_CELLS],
     output:
-        table=report("results/tables/scale.tex", caption="../report/scale.rst", category="Tables"),
+        table="results/tables/scale.tex",
         table_csv="results/tables/scale.csv",
+        table_html=report("results/tables/scale.html", caption="../report/scale.rst", category="Tables"),
         plot_pdf="results/plots/scale.pdf",
-        plot=report("results/plots/scale.png", caption="../report/scale.rst", category="Plots"),
+        plot=report_plot("scale", caption="../report/scale.rst"),
     log:
         "logs/report_scale.log",
     benchmark:
