@@ -34,9 +34,11 @@ localrules:
     shards,
     report,
     report_scale,
+    model_card,
 
 
 rule all:
     default_target: True
     input:
         REPORT_OUTPUTS,
+        MODEL_CARDS,

@@ -1,6 +1,7 @@
 """`python -m kdmcse report`: the paper's tables and plots, rebuilt from metrics JSON files only.
 
-`python -m kdmcse report scale …` writes the scale experiment's table and plot instead (`kdmcse.report.scale`).
+`python -m kdmcse report scale …` writes the scale experiment's table and plot instead (`kdmcse.report.scale`),
+`python -m kdmcse report card …` one student's model card (`kdmcse.report.model_card`).
 
 Every input is read and checked before anything is written, so a bad file leaves the previous outputs intact;
 each output is then written atomically.
@@ -43,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         from kdmcse.report.scale import main as scale_main
 
         return scale_main(argv[1:])
+    if argv and argv[0] == "card":  # `report card …`: one student's model card (`kdmcse.report.model_card`)
+        from kdmcse.report.model_card import main as card_main
+
+        return card_main(argv[1:])
     args = build_parser().parse_args(argv)
     note = args.caption_note.strip()
     # Read and validate everything first.

@@ -3,7 +3,7 @@
 
 rule evaluate_sts:
     input:
-        model=f"results/students/{CELL}/seed~{{seed}}/model",
+        model=f"results/students/{CELL}/seed~{{seed}}/model/model.safetensors",
         senteval=SENTEVAL,
     output:
         f"results/metrics/{CELL}/seed~{{seed}}.sts.json",
@@ -12,6 +12,7 @@ rule evaluate_sts:
     benchmark:
         f"results/benchmarks/evaluate/{CELL}/seed~{{seed}}.sts.tsv"
     params:
+        model=lambda w: f"{student_dir(cell_of(w), w.seed)}/model",
         cell=cell_args,
         pooling=config["train"]["pooling"],
         batch_size=config["evaluate"]["batch_size"],
@@ -26,14 +27,14 @@ rule evaluate_sts:
     shell:
         # own device: CUDA_VISIBLE_DEVICES from `kdmcse gpus` locally, from the scheduler under SLURM
         "python -m kdmcse gpus --count 1 -- "
-        "python -m kdmcse evaluate --model {input.model:q} --pooling {params.pooling:q} --tasks sts "
+        "python -m kdmcse evaluate --model {params.model:q} --pooling {params.pooling:q} --tasks sts "
         "--data {input.senteval:q} --batch-size {params.batch_size:q} --out {output:q} --cell {params.cell} "
         "2> {log:q}"
 
 
 rule evaluate_transfer:
     input:
-        model=f"results/students/{CELL}/seed~{{seed}}/model",
+        model=f"results/students/{CELL}/seed~{{seed}}/model/model.safetensors",
         senteval=SENTEVAL,
     output:
         f"results/metrics/{CELL}/seed~{{seed}}.transfer.json",
@@ -42,6 +43,7 @@ rule evaluate_transfer:
     benchmark:
         f"results/benchmarks/evaluate/{CELL}/seed~{{seed}}.transfer.tsv"
     params:
+        model=lambda w: f"{student_dir(cell_of(w), w.seed)}/model",
         cell=cell_args,
         pooling=config["train"]["pooling"],
         batch_size=config["evaluate"]["batch_size"],
@@ -56,6 +58,6 @@ rule evaluate_transfer:
     shell:
         # own device: CUDA_VISIBLE_DEVICES from `kdmcse gpus` locally, from the scheduler under SLURM
         "python -m kdmcse gpus --count 1 -- "
-        "python -m kdmcse evaluate --model {input.model:q} --pooling {params.pooling:q} --tasks transfer "
+        "python -m kdmcse evaluate --model {params.model:q} --pooling {params.pooling:q} --tasks transfer "
         "--data {input.senteval:q} --batch-size {params.batch_size:q} --out {output:q} --cell {params.cell} "
         "2> {log:q}"

@@ -72,6 +72,31 @@ rule report:
         "--tables results/tables --plots results/plots {params.note} 2> {log:q}"
 
 
+# One model card per student, in its model folder (so the folder uploads to the Hub as it is). It reads the
+# student's STS metrics, hence lives after evaluation; it owns only model/README.md.
+MODEL_CARDS = [f"{student_dir(c, s)}/model/README.md" for c in all_cells(config) for s in SEEDS]
+
+
+rule model_card:
+    input:
+        meta=f"results/students/{CELL}/seed~{{seed}}/run_meta.json",
+        metrics=f"results/metrics/{CELL}/seed~{{seed}}.sts.json",
+    output:
+        f"results/students/{CELL}/seed~{{seed}}/model/README.md",
+    log:
+        f"logs/model_card/{CELL}/seed~{{seed}}.log",
+    benchmark:
+        f"results/benchmarks/model_card/{CELL}/seed~{{seed}}.tsv"
+    params:
+        facts=card_facts,
+        code=code_version("report/model_card", "report/render", "evaluate/metrics_io"),
+    conda:
+        "../../envs/kdmcse.yaml"
+    shell:
+        "python -m kdmcse report card --run-meta {input.meta:q} --metrics {input.metrics:q} "
+        "--facts {params.facts:q} --out {output:q} 2> {log:q}"
+
+
 # The scale experiment: the same student configuration on caption sets of growing size (grid.scale).
 SCALE_CELLS = scale_cells(config)
 
