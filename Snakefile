@@ -35,6 +35,7 @@ localrules:
     report,
     report_scale,
     model_card,
+    report_mteb,
 
 
 rule all:

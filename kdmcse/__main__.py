@@ -17,6 +17,7 @@ STAGES = {
     "teacher": "kdmcse.teacher.run",
     "train": "kdmcse.train.loop",
     "evaluate": "kdmcse.evaluate.cli",
+    "mteb": "kdmcse.evaluate.mteb_run",  # optional: MTEB tasks (extra [mteb])
     "report": "kdmcse.report.cli",
     "config": "kdmcse.config",
     "gpus": "kdmcse.gpus",  # not a stage: the launcher that gives each GPU job its own devices

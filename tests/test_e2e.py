@@ -133,12 +133,60 @@ def test_first_run_reaches_the_tables(workdir):
     assert meta["run_config"]["margin2"] == 0.15
 
 
+def test_model_folders_are_ready_to_share(workdir):
+    """Each student's model folder: its model card, no workflow marker files, readable, loadable as it is."""
+    from huggingface_hub import ModelCard
+    from huggingface_hub.repocard import metadata_load
+    from sentence_transformers import SentenceTransformer
+
+    work, _ = workdir
+    out = snakemake(work)  # the default target adds the model cards
+    assert job_counts(out).get("model_card") == 5, out[-3000:]
+    student = work / "results/students/wiki+tiny/tiny/kdmcse/margin~0.15_threshold~off/seed~0"
+    folder = student / "model"
+    names = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    # what huggingface_hub.upload_folder would publish: every file, none of them workflow or temp files
+    assert not [n for n in names if any(part.startswith(".") for part in n.split("/"))], names
+    assert {"README.md", "config.json", "model.safetensors", "modules.json"} <= names
+    for path in [folder, *folder.rglob("*")]:
+        assert path.stat().st_mode & 0o044 == 0o044, f"{path} is not readable by group/others"
+    meta = metadata_load(folder / "README.md")
+    assert meta["pipeline_tag"] == "sentence-similarity" and meta["license"]
+    assert "base_model" not in meta  # a local folder, not a hub id
+    card = ModelCard.load(folder / "README.md")
+    metrics = json.loads(
+        (work / "results/metrics/wiki+tiny/tiny/kdmcse/margin~0.15_threshold~off/seed~0.sts.json").read_text()
+    )
+    assert f"| {metrics['sts']['STSBenchmark']['spearman']:.2f} |" in card.text
+    assert f"| {metrics['sts']['avg']:.2f} |" in card.text
+    assert '"objective": "kdmcse"' in card.text and "kdmcse-tiny-clip" in card.text
+    assert SentenceTransformer(str(folder), device="cpu").encode(["a dog"]).shape[0] == 1
+
+
 def test_html_report_has_the_tables_and_plots(workdir):
     work, _ = workdir
     snakemake(work, "--report", "results/report.html")
     html = (work / "results" / "report.html").read_text(encoding="utf-8", errors="replace")
     for name in ("main.tex", "ablation_margin.tex", "align_uniform.png"):
         assert name in html
+
+
+def test_html_report_renders_tables_as_tables(workdir):
+    """The report embeds each table as an HTML table (not LaTeX source) and opens with the workflow description."""
+    import base64
+
+    work, _ = workdir
+    page = (work / "results" / "report.html").read_text(encoding="utf-8", errors="replace")
+    embedded = {}
+    for m in re.finditer(r"data:([a-z/+.-]+);[^,\"']*?filename=([^;,\"']+)[^,\"']*?;base64,([A-Za-z0-9+/=]+)", page):
+        embedded[m.group(2)] = (m.group(1), base64.b64decode(m.group(3)).decode("utf-8", errors="replace"))
+    for name in ("main.html", "transfer.html", "ablation_margin.html", "ablation_threshold.html", "significance.html"):
+        assert name in embedded, sorted(embedded)
+        mime, text = embedded[name]
+        assert mime == "text/html" and "<table" in text and "</td>" in text
+    assert "KDMCSE" in embedded["main.html"][1] or "SimCSE" in embedded["main.html"][1]
+    assert not any(name.endswith(".tex") for name in embedded)  # LaTeX stays a file, not a report entry
+    assert "Data flows one way" in page or "data flows one way" in page.lower()
 
 
 def test_second_run_does_nothing(workdir):

@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         from kdmcse.report.scale import main as scale_main
 
         return scale_main(argv[1:])
+    if argv and argv[0] == "mteb":  # `report mteb …`: the MTEB table (`kdmcse.report.mteb_table`)
+        from kdmcse.report.mteb_table import main as mteb_main
+
+        return mteb_main(argv[1:])
     if argv and argv[0] == "card":  # `report card …`: one student's model card (`kdmcse.report.model_card`)
         from kdmcse.report.model_card import main as card_main
 

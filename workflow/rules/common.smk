@@ -298,6 +298,27 @@ def cell_args(w):
 EVAL_CODE = code_version("evaluate", "embedding", "data/senteval")
 
 
+# --- report stage helpers: what `snakemake --report` shows
+
+# Captions (workflow/report/<name>.rst) of what `snakemake --report` shows: each table as its HTML rendering
+# (the .tex and .csv stay plain outputs) and each plot as its PNG. A new plot is one more entry in
+# PLOT_CAPTIONS and one report_plot() output.
+TABLE_CAPTIONS = {t: f"../report/{t}.rst" for t in ("main", "transfer", "ablation_margin", "ablation_threshold", "significance")}
+PLOT_CAPTIONS = {
+    "align_uniform": "../report/align_uniform.rst",
+    "ablation_margin": "../report/ablation_plots.rst",
+    "ablation_threshold": "../report/ablation_plots.rst",
+}
+
+
+def report_table(name):
+    return report(f"results/tables/{name}.html", caption=TABLE_CAPTIONS[name], category="Tables")
+
+
+def report_plot(name, caption=None):
+    return report(f"results/plots/{name}.png", caption=caption or PLOT_CAPTIONS[name], category="Plots")
+
+
 # --- model cards (rule model_card)
 
 def _hub_dataset(urls):
@@ -322,7 +343,7 @@ def _hub_model_id(model):
     """The hub id a config's backbone names, or None for a local folder or a pkg:// model."""
     import re
 
-    if "://" in model or model.startswith((".", "/", "~")) or Path(model).exists():
+    if "://" in model or model.startswith((".", "~")) or Path(model).is_absolute() or Path(model).exists():
         return None
     return model if re.fullmatch(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)?", model) else None
 

@@ -61,3 +61,35 @@ rule evaluate_transfer:
         "python -m kdmcse evaluate --model {params.model:q} --pooling {params.pooling:q} --tasks transfer "
         "--data {input.senteval:q} --batch-size {params.batch_size:q} --out {output:q} --cell {params.cell} "
         "2> {log:q}"
+
+
+# Optional (target results/tables/mteb.tex, extra [mteb]): MTEB tasks (evaluate.mteb_tasks) on the same embedding.
+rule evaluate_mteb:
+    input:
+        model=f"results/students/{CELL}/seed~{{seed}}/model/model.safetensors",
+        senteval=SENTEVAL,
+    output:
+        f"results/metrics/{CELL}/seed~{{seed}}.mteb.json",
+    log:
+        f"logs/evaluate/{CELL}/seed~{{seed}}.mteb.log",
+    benchmark:
+        f"results/benchmarks/evaluate/{CELL}/seed~{{seed}}.mteb.tsv"
+    params:
+        model=lambda w: f"{student_dir(cell_of(w), w.seed)}/model",
+        tasks=",".join(config["evaluate"]["mteb_tasks"]),
+        cell=cell_args,
+        pooling=config["train"]["pooling"],
+        batch_size=config["evaluate"]["batch_size"],
+        code=code_version("evaluate", "embedding", "data/senteval"),
+    threads: job_resources("evaluate_sts")["threads"]
+    resources:
+        gpu=1,
+        mem_mb=job_resources("evaluate_sts")["mem_mb"],
+        runtime=job_resources("evaluate_sts")["runtime"],
+    conda:
+        "../../envs/kdmcse.yaml"
+    shell:
+        "python -m kdmcse gpus --count 1 -- "
+        "python -m kdmcse mteb --model {params.model:q} --pooling {params.pooling:q} --tasks {params.tasks:q} "
+        "--senteval {input.senteval:q} --batch-size {params.batch_size:q} --out {output:q} --cell {params.cell} "
+        "2> {log:q}"

@@ -13,25 +13,6 @@ REPORT_OUTPUTS = (
     + ["results/tables/significance.csv", "results/tables/significance.html"]
     + [f"results/plots/{p}.{ext}" for p in PLOTS for ext in ("pdf", "png")]
 )
-# Captions (workflow/report/<name>.rst) of what `snakemake --report` shows: each table as its HTML rendering
-# (the .tex and .csv stay plain outputs) and each plot as its PNG. A new plot is one more entry in
-# PLOT_CAPTIONS and one report_plot() output.
-TABLE_CAPTIONS = {t: f"../report/{t}.rst" for t in TABLES + ["significance"]}
-PLOT_CAPTIONS = {
-    "align_uniform": "../report/align_uniform.rst",
-    "ablation_margin": "../report/ablation_plots.rst",
-    "ablation_threshold": "../report/ablation_plots.rst",
-}
-
-
-def report_table(name):
-    return report(f"results/tables/{name}.html", caption=TABLE_CAPTIONS[name], category="Tables")
-
-
-def report_plot(name, caption=None):
-    return report(f"results/plots/{name}.png", caption=caption or PLOT_CAPTIONS[name], category="Plots")
-
-
 rule report:
     input:
         **REPORT_INPUTS,
@@ -95,6 +76,27 @@ rule model_card:
     shell:
         "python -m kdmcse report card --run-meta {input.meta:q} --metrics {input.metrics:q} "
         "--facts {params.facts:q} --out {output:q} 2> {log:q}"
+
+
+# Optional: the MTEB table of the main cells (rule evaluate_mteb), beside the paper tables.
+rule report_mteb:
+    input:
+        metrics_files(main_cells(config), "mteb"),
+    output:
+        tex="results/tables/mteb.tex",
+        csv="results/tables/mteb.csv",
+        html=report("results/tables/mteb.html", caption="../report/mteb.rst", category="Tables"),
+    log:
+        "logs/report_mteb.log",
+    benchmark:
+        "results/benchmarks/report_mteb.tsv"
+    params:
+        note=lambda w: (f"--caption-note {shlex_quote(config['report']['caption_note'])}" if config["report"]["caption_note"] else ""),
+        code=code_version("report", "evaluate/metrics_io"),
+    conda:
+        "../../envs/kdmcse.yaml"
+    shell:
+        "python -m kdmcse report mteb --metrics {input:q} --tables results/tables {params.note} 2> {log:q}"
 
 
 # The scale experiment: the same student configuration on caption sets of growing size (grid.scale).
