@@ -95,7 +95,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory):
                     "threshold": {"dataset": "wiki+tiny", "backbone": "tiny", "objective": "kdmcse", "values": ["off", 0.9]},
                 },
             },
-            "evaluate": {"transfer": "main", "batch_size": 16},
+            "evaluate": {"transfer": "main", "batch_size": 16, "mteb_tasks": ["SentEvalSTSB", "STS12"]},
             "report": {"caption_note": "Fixture run: random-init tiny models."},
         }
         (work / "e2e.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -161,6 +161,24 @@ def test_model_folders_are_ready_to_share(workdir):
     assert f"| {metrics['sts']['avg']:.2f} |" in card.text
     assert '"objective": "kdmcse"' in card.text and "kdmcse-tiny-clip" in card.text
     assert SentenceTransformer(str(folder), device="cpu").encode(["a dog"]).shape[0] == 1
+
+
+def test_mteb_local_task_gives_the_project_stsb_score(workdir):
+    """The optional MTEB target: the local SentEval STS-B task equals the evaluate stage's STS-B to 1e-6; STS12
+    needs the Hub, which is offline here, so it is skipped and the table shows it."""
+    work, _ = workdir
+    out = snakemake(work, "results/tables/mteb.tex")
+    assert job_counts(out).get("evaluate_mteb") == 3  # the main table's students
+    for objective, margin in (("simcse", "0"), ("mcse", "0.15"), ("kdmcse", "0.15")):
+        dataset = "wiki" if objective == "simcse" else "wiki+tiny"
+        stem = work / f"results/metrics/{dataset}/tiny/{objective}/margin~{margin}_threshold~off/seed~0"
+        ours = json.loads(Path(f"{stem}.sts.json").read_text())["sts"]["STSBenchmark"]["spearman"]
+        theirs = json.loads(Path(f"{stem}.mteb.json").read_text())["mteb"]
+        assert abs(theirs["SentEvalSTSB"]["main_score"] - ours) <= 1e-6, (objective, theirs, ours)
+        assert "skipped" in theirs["STS12"]
+    table = pd.read_csv(work / "results" / "tables" / "mteb.csv")
+    assert len(table) == 3 and table["STS12"].isna().all()
+    assert "<table" in (work / "results" / "tables" / "mteb.html").read_text()
 
 
 def test_html_report_has_the_tables_and_plots(workdir):
