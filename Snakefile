@@ -14,6 +14,10 @@ min_version("9.19")
 configfile: "config/config.yaml"
 
 
+# The description that opens `snakemake --report` (the tables and plots carry their own captions).
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/teacher.smk"
@@ -32,9 +36,12 @@ localrules:
     report_scale,
     curves,
     score_plot,
+    model_card,
+    report_mteb,
 
 
 rule all:
     default_target: True
     input:
         REPORT_OUTPUTS,
+        MODEL_CARDS,

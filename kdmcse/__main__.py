@@ -18,6 +18,7 @@ STAGES = {
     "teacher": "kdmcse.teacher.run",
     "train": "kdmcse.train.loop",
     "evaluate": "kdmcse.evaluate.cli",
+    "mteb": "kdmcse.evaluate.mteb_run",  # optional: MTEB tasks (extra [mteb])
     "report": "kdmcse.report.cli",
     "config": "kdmcse.config_cli",
     "gpus": "kdmcse.gpus",  # not a stage: the launcher that gives each GPU job its own devices
@@ -30,7 +31,8 @@ SUMMARIES = {
     "prepare": "write the Wiki1M and caption corpora as Parquet tables",
     "teacher": "encode every image and caption with the frozen CLIP teacher (Parquet cache)",
     "train": "train one student (SimCSE, MCSE or KDMCSE) for one seed",
-    "evaluate": "score one student: STS, alignment/uniformity, SentEval transfer, MTEB",
+    "evaluate": "score one student: STS, alignment/uniformity, SentEval transfer",
+    "mteb": "score one student on MTEB tasks (optional, extra [mteb]; a local STS-B task works offline)",
     "report": "tables, plots, training curves and model cards from the metrics files",
     "config": "validate config files, print config/README.md, or print the run config of one cell",
     "gpus": "run a command on GPUs of its own (the rules put it in front of every GPU stage)",

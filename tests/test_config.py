@@ -47,7 +47,7 @@ def test_default_config_is_valid_and_filled(base):
     assert cfg["train"]["threshold_space"] == "cosine"
     assert cfg["evaluate"]["transfer"] == "main"
     assert cfg["backbones"]["bert"]["lr"] == pytest.approx(3.0e-5)
-    assert cfg["backbones"]["roberta"] == {"model": "roberta-base", "lr": 1.0e-5, "batch_size": 128}
+    assert cfg["backbones"]["roberta"] == {"model": "roberta-base", "lr": 1.0e-5, "batch_size": 128, "license": "mit"}
 
 
 @pytest.mark.parametrize(

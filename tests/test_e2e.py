@@ -99,7 +99,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory):
                                   "values": ["off", "q0.9", "q0.7"]},
                 },
             },
-            "evaluate": {"transfer": "main", "batch_size": 16},
+            "evaluate": {"transfer": "main", "batch_size": 16, "mteb_tasks": ["SentEvalSTSB", "STS12"]},
             "report": {"caption_note": "Fixture run: random-init tiny models."},
         }
         (work / "e2e.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -215,6 +215,57 @@ def test_logs_open_with_the_job_and_hold_no_carriage_return_floods(workdir):
     assert re.search(r"train: +\d+%.*\| 6/6", text), "the progress bar's final state is a line of the log"
 
 
+def test_model_folders_are_ready_to_share(workdir):
+    """Each student's model folder: its model card, no workflow marker files, readable, loadable as it is."""
+    from huggingface_hub import ModelCard
+    from huggingface_hub.repocard import metadata_load
+    from sentence_transformers import SentenceTransformer
+
+    work, _ = workdir
+    out = snakemake(work)  # the default target adds the model cards
+    assert job_counts(out).get("model_card") == 5, out[-3000:]
+    student = work / "results/students/wiki+tiny/tiny/kdmcse/margin~0.15_threshold~off/seed~0"
+    folder = student / "model"
+    names = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    # what huggingface_hub.upload_folder would publish: every file, none of them workflow or temp files
+    assert not [n for n in names if any(part.startswith(".") for part in n.split("/"))], names
+    assert {"README.md", "config.json", "model.safetensors", "modules.json"} <= names
+    from kdmcse.io import current_umask
+
+    readable = 0o044 & ~current_umask()  # what an ordinary write gives group/others under this umask
+    for path in [folder, *folder.rglob("*")]:
+        assert path.stat().st_mode & 0o044 == readable, f"{path}: not readable as the umask allows"
+    meta = metadata_load(folder / "README.md")
+    assert meta["pipeline_tag"] == "sentence-similarity" and meta["license"]
+    assert "base_model" not in meta  # a local folder, not a hub id
+    card = ModelCard.load(folder / "README.md")
+    metrics = json.loads(
+        (work / "results/metrics/wiki+tiny/tiny/kdmcse/margin~0.15_threshold~off/seed~0.sts.json").read_text()
+    )
+    assert f"| {metrics['sts']['STSBenchmark']['spearman']:.2f} |" in card.text
+    assert f"| {metrics['sts']['avg']:.2f} |" in card.text
+    assert '"objective": "kdmcse"' in card.text and "kdmcse-tiny-clip" in card.text
+    assert SentenceTransformer(str(folder), device="cpu").encode(["a dog"]).shape[0] == 1
+
+
+def test_mteb_local_task_gives_the_project_stsb_score(workdir):
+    """The optional MTEB target: the local SentEval STS-B task equals the evaluate stage's STS-B to 1e-6; STS12
+    needs the Hub, which is offline here, so it is skipped and the table shows it."""
+    work, _ = workdir
+    out = snakemake(work, "results/tables/mteb.tex")
+    assert job_counts(out).get("evaluate_mteb") == 3  # the main table's students
+    files = sorted((work / "results" / "metrics").rglob("seed~0.mteb.json"))
+    assert {f.parent.parent.name for f in files} == {"simcse", "mcse", "kdmcse"}, files
+    for path in files:
+        ours = json.loads(path.with_name("seed~0.sts.json").read_text())["sts"]["STSBenchmark"]["spearman"]
+        theirs = json.loads(path.read_text())["mteb"]
+        assert abs(theirs["SentEvalSTSB"]["main_score"] - ours) <= 1e-6, (path, theirs, ours)
+        assert "skipped" in theirs["STS12"]
+    table = pd.read_csv(work / "results" / "tables" / "mteb.csv")
+    assert len(table) == 3 and table["STS12"].isna().all()
+    assert "<table" in (work / "results" / "tables" / "mteb.html").read_text()
+
+
 def test_html_report_has_the_tables_and_plots(workdir):
     work, _ = workdir
     snakemake(work, "--report", "results/report.html")
@@ -231,6 +282,24 @@ def test_html_report_shows_the_training_curves(workdir):
     missing = [str(p) for p in plots if f"Adding {p.name}" not in html and p.name not in html]
     assert len(plots) == 6 and missing == []
     assert "wiki+tiny / tiny / kdmcse" in html  # grouped by dataset, backbone and objective
+
+
+def test_html_report_renders_tables_as_tables(workdir):
+    """The report embeds each table as an HTML table (not LaTeX source) and opens with the workflow description."""
+    import base64
+
+    work, _ = workdir
+    page = (work / "results" / "report.html").read_text(encoding="utf-8", errors="replace")
+    embedded = {}
+    for m in re.finditer(r"data:([a-z/+.-]+);[^,\"']*?filename=([^;,\"']+)[^,\"']*?;base64,([A-Za-z0-9+/=]+)", page):
+        embedded[m.group(2)] = (m.group(1), base64.b64decode(m.group(3)).decode("utf-8", errors="replace"))
+    for name in ("main.html", "transfer.html", "ablation_margin.html", "ablation_threshold.html", "significance.html"):
+        assert name in embedded, sorted(embedded)
+        mime, text = embedded[name]
+        assert mime == "text/html" and "<table" in text and "</td>" in text
+    assert "KDMCSE" in embedded["main.html"][1] or "SimCSE" in embedded["main.html"][1]
+    assert not any(name.endswith(".tex") for name in embedded)  # LaTeX stays a file, not a report entry
+    assert "Data flows one way" in page or "data flows one way" in page.lower()
 
 
 def test_second_run_does_nothing(workdir):

@@ -125,7 +125,7 @@ def test_each_stage_package_says_what_it_reads_writes_and_runs(stage: str) -> No
 
 def test_cli_stages_live_in_their_subpackages() -> None:
     expected_home = {"download": "data", "extract": "data", "shards": "data", "prepare": "data", "teacher": "teacher",
-                     "train": "train", "evaluate": "evaluate", "report": "report", "config": "shared",
+                     "train": "train", "evaluate": "evaluate", "mteb": "evaluate", "report": "report", "config": "shared",
                      "gpus": "shared"}
     assert set(STAGES) == set(expected_home)
     for stage, module in STAGES.items():

@@ -1,8 +1,9 @@
 """`python -m kdmcse report`: the paper's tables and plots, rebuilt from metrics JSON files only.
 
 `python -m kdmcse report scale …` writes the scale experiment's table and plot instead (`kdmcse.report.scale`),
-`python -m kdmcse report scores …` the score histogram of a teacher cache (`kdmcse.report.score_plot`), and
-`python -m kdmcse report curves …` the training curves of one cell (`kdmcse.report.curves`).
+`python -m kdmcse report scores …` the score histogram of a teacher cache (`kdmcse.report.score_plot`),
+`python -m kdmcse report curves …` the training curves of one cell (`kdmcse.report.curves`), and
+`python -m kdmcse report card …` one student's model card (`kdmcse.report.model_card`).
 
 Every input is read and checked before anything is written, so a bad file leaves the previous outputs intact;
 each output is then written atomically.
@@ -17,7 +18,7 @@ from pathlib import Path
 from kdmcse.evaluate.metrics_io import read_metrics_group
 from kdmcse.report.paper_results import load_paper_results
 from kdmcse.report.plots import plot_ablation, plot_align_uniform, save_figure
-from kdmcse.report.render import significance_frame, write_frame, write_table
+from kdmcse.report.render import significance_frame, write_frame_with_html, write_table
 from kdmcse.report.tables import build_ablation_table, build_main_table, build_transfer_table
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,14 @@ def main(argv: list[str] | None = None) -> int:
         from kdmcse.report.score_plot import main as scores_main
 
         return scores_main(argv[1:])
+    if argv and argv[0] == "mteb":  # `report mteb …`: the MTEB table (`kdmcse.report.mteb_table`)
+        from kdmcse.report.mteb_table import main as mteb_main
+
+        return mteb_main(argv[1:])
+    if argv and argv[0] == "card":  # `report card …`: one student's model card (`kdmcse.report.model_card`)
+        from kdmcse.report.model_card import main as card_main
+
+        return card_main(argv[1:])
     args = build_parser().parse_args(argv)
     note = args.caption_note.strip()
     # Read and validate everything first.
@@ -82,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     for table in tables:
         written += write_table(table, args.tables)
     sig = args.tables / "significance.csv"
-    write_frame(sig, significance_frame(main_table.extras.get("significance", [])))
-    written.append(sig)
+    sig_frame = significance_frame(main_table.extras.get("significance", []))
+    written += write_frame_with_html(sig, sig_frame, "Paired significance tests: KDMCSE against MCSE")
     for stem, result in plots.items():
         written += save_figure(result.figure, args.plots / stem)
     for path in written:

@@ -1,4 +1,5 @@
-"""Write report tables: LaTeX (booktabs, std under the mean, best in bold, n where short) and the CSV beside it.
+"""Write report tables: LaTeX (booktabs, std under the mean, best in bold, n where short), the CSV beside it and
+an HTML rendering for the Snakemake report (`kdmcse.report.html_table`).
 
 Every file is written atomically.
 """
@@ -12,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from kdmcse.io import atomic_path
+from kdmcse.report.html_table import render_frame_html, render_html
 from kdmcse.report.significance import PairedTest
 from kdmcse.report.tables import CellStat, Table
 
@@ -140,7 +142,16 @@ def write_frame(path: Path, frame: pd.DataFrame) -> None:
 
 def write_table(table: Table, out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
-    tex, csv = out_dir / f"{table.name}.tex", out_dir / f"{table.name}.csv"
+    tex, csv, page = (out_dir / f"{table.name}.{ext}" for ext in ("tex", "csv", "html"))
     write_text(tex, render_tex(table))
     write_frame(csv, table_frame(table))
-    return [tex, csv]
+    write_text(page, render_html(table))
+    return [tex, csv, page]
+
+
+def write_frame_with_html(path: Path, frame: pd.DataFrame, title: str) -> list[Path]:
+    """A CSV and its HTML rendering beside it (same stem)."""
+    page = Path(path).with_suffix(".html")
+    write_frame(path, frame)
+    write_text(page, render_frame_html(frame, title))
+    return [Path(path), page]

@@ -322,3 +322,82 @@ def cell_args(w):
 
 
 EVAL_CODE = code_version("evaluate", "embedding", "data/senteval")
+
+
+# --- report stage helpers: what `snakemake --report` shows
+
+# Captions (workflow/report/<name>.rst) of what `snakemake --report` shows: each table as its HTML rendering
+# (the .tex and .csv stay plain outputs) and each plot as its PNG. A new plot is one more entry in
+# PLOT_CAPTIONS and one report_plot() output.
+TABLE_CAPTIONS = {t: f"../report/{t}.rst" for t in ("main", "transfer", "ablation_margin", "ablation_threshold", "significance")}
+PLOT_CAPTIONS = {
+    "align_uniform": "../report/align_uniform.rst",
+    "ablation_margin": "../report/ablation_plots.rst",
+    "ablation_threshold": "../report/ablation_plots.rst",
+}
+
+
+def report_table(name):
+    return report(f"results/tables/{name}.html", caption=TABLE_CAPTIONS[name], category="Tables")
+
+
+def report_plot(name, caption=None):
+    return report(f"results/plots/{name}.png", caption=caption or PLOT_CAPTIONS[name], category="Plots")
+
+
+# --- model cards (rule model_card)
+
+def _hub_dataset(urls):
+    """`org/name` of the first Hugging Face dataset URL among an artifact's urls, else None."""
+    import re
+
+    for url in urls or []:
+        m = re.match(r"https://huggingface\.co/datasets/([^/]+/[^/]+)/", url)
+        if m:
+            return m.group(1)
+    return None
+
+
+def _card_dataset(name, key):
+    a = artifact(key)
+    urls = a.get("urls") or []
+    return {"name": name, "hub_id": _hub_dataset(urls), "licence": a.get("licence") or "not stated",
+            "url": urls[0] if urls else None}
+
+
+def _hub_model_id(model):
+    """The hub id a config's backbone names, or None for a local folder or a pkg:// model."""
+    import re
+
+    if "://" in model or model.startswith((".", "~")) or Path(model).is_absolute() or Path(model).exists():
+        return None
+    return model if re.fullmatch(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)?", model) else None
+
+
+def card_facts(w):
+    """What the model card says beyond the run config and metrics: base model, licences, teacher, data."""
+    cell = cell_of(w)
+    backbone = config["backbones"][cell.backbone]
+    teacher = teacher_spec(config["teacher"])
+    datasets = [_card_dataset("Wiki1M (SimCSE's English Wikipedia sentences)", config["wiki"]["source"])]
+    pairs = config["datasets"][cell.dataset]["pairs"]
+    if cell.objective != "simcse" and pairs:
+        cap = caption_corpus(pairs)
+        for role in ("annotations", "images"):
+            if cap.get(role) in REGISTRY:
+                datasets.append(_card_dataset(f"{pairs} {role}", cap[role]))
+        if cap["format"] == "demo":
+            datasets.append({"name": "demo photos (shipped in scikit-image and matplotlib) with this project's "
+                             "captions", "hub_id": None, "licence": "those of the two packages", "url": None})
+    pretrained = f" ({teacher['pretrained']} weights)" if teacher.get("pretrained") not in (None, "", "none") else " (random init)"
+    facts = {
+        "name": f"kdmcse {cell.path} seed {w.seed}",
+        "base_model": _hub_model_id(backbone["model"]),
+        "base_model_source": backbone["model"],
+        "license": backbone.get("license"),
+        "teacher": f"open_clip {teacher['model']}{pretrained}",
+        "datasets": datasets,
+        "pooling": config["train"]["pooling"],
+        "note": config["report"]["caption_note"] or "",
+    }
+    return json.dumps(facts, sort_keys=True)

@@ -12,49 +12,42 @@ REPORT_INPUTS = {
     # not read by the report command: listed so that the histograms are made wherever the tables are
     "score_plots": SCORE_PLOTS,
 }
-TABLES = ["main", "transfer", "ablation_margin", "ablation_threshold"]  # + significance.csv
+TABLES = ["main", "transfer", "ablation_margin", "ablation_threshold"]  # + significance
 PLOTS = ["align_uniform", "ablation_margin", "ablation_threshold"]
 # The training curves of every trained cell, its seeds overlaid (`rule curves`), in the HTML report
 CURVES_PLOTS = [f"results/plots/curves/{c.path}.{ext}" for c in all_cells(config) for ext in ("pdf", "png")]
 REPORT_OUTPUTS = (
-    [f"results/tables/{t}.{ext}" for t in TABLES for ext in ("tex", "csv")]
-    + ["results/tables/significance.csv"]
+    [f"results/tables/{t}.{ext}" for t in TABLES for ext in ("tex", "csv", "html")]
+    + ["results/tables/significance.csv", "results/tables/significance.html"]
     + [f"results/plots/{p}.{ext}" for p in PLOTS for ext in ("pdf", "png")]
     + CURVES_PLOTS
 )
-
-
 rule report:
     input:
         **REPORT_INPUTS,
         # not read here: the tables wait for every cell's curves, so `snakemake --report` finds them all
         curves=[p for p in CURVES_PLOTS if p.endswith(".png")],
     output:
-        main=report("results/tables/main.tex", caption="../report/main.rst", category="Tables"),
+        main="results/tables/main.tex",
         main_csv="results/tables/main.csv",
-        transfer=report("results/tables/transfer.tex", caption="../report/transfer.rst", category="Tables"),
+        main_html=report_table("main"),
+        transfer="results/tables/transfer.tex",
         transfer_csv="results/tables/transfer.csv",
-        margin=report(
-            "results/tables/ablation_margin.tex", caption="../report/ablation_margin.rst", category="Tables"
-        ),
+        transfer_html=report_table("transfer"),
+        margin="results/tables/ablation_margin.tex",
         margin_csv="results/tables/ablation_margin.csv",
-        threshold=report(
-            "results/tables/ablation_threshold.tex", caption="../report/ablation_threshold.rst", category="Tables"
-        ),
+        margin_html=report_table("ablation_margin"),
+        threshold="results/tables/ablation_threshold.tex",
         threshold_csv="results/tables/ablation_threshold.csv",
-        significance=report(
-            "results/tables/significance.csv", caption="../report/significance.rst", category="Tables"
-        ),
+        threshold_html=report_table("ablation_threshold"),
+        significance="results/tables/significance.csv",
+        significance_html=report_table("significance"),
         align_uniform_pdf="results/plots/align_uniform.pdf",
-        align_uniform=report("results/plots/align_uniform.png", caption="../report/align_uniform.rst", category="Plots"),
+        align_uniform=report_plot("align_uniform"),
         margin_plot_pdf="results/plots/ablation_margin.pdf",
-        margin_plot=report(
-            "results/plots/ablation_margin.png", caption="../report/ablation_plots.rst", category="Plots"
-        ),
+        margin_plot=report_plot("ablation_margin"),
         threshold_plot_pdf="results/plots/ablation_threshold.pdf",
-        threshold_plot=report(
-            "results/plots/ablation_threshold.png", caption="../report/ablation_plots.rst", category="Plots"
-        ),
+        threshold_plot=report_plot("ablation_threshold"),
     log:
         "logs/report.log",
     benchmark:
@@ -98,6 +91,50 @@ rule curves:
     shell:
         "python -m kdmcse report curves --curves {params.curves} --title {params.title:q} "
         "--plot {params.stem:q} 2> {log:q}"
+# One model card per student, in its model folder (so the folder uploads to the Hub as it is). It reads the
+# student's STS metrics, hence lives after evaluation; it owns only model/README.md.
+MODEL_CARDS = [f"{student_dir(c, s)}/model/README.md" for c in all_cells(config) for s in SEEDS]
+
+
+rule model_card:
+    input:
+        meta=f"results/students/{CELL}/seed~{{seed}}/run_meta.json",
+        metrics=f"results/metrics/{CELL}/seed~{{seed}}.sts.json",
+    output:
+        f"results/students/{CELL}/seed~{{seed}}/model/README.md",
+    log:
+        f"logs/model_card/{CELL}/seed~{{seed}}.log",
+    benchmark:
+        f"results/benchmarks/model_card/{CELL}/seed~{{seed}}.tsv"
+    params:
+        facts=card_facts,
+        code=code_version("report/model_card", "report/render", "evaluate/metrics_io"),
+    conda:
+        "../../envs/kdmcse.yaml"
+    shell:
+        "python -m kdmcse report card --run-meta {input.meta:q} --metrics {input.metrics:q} "
+        "--facts {params.facts:q} --out {output:q} 2> {log:q}"
+
+
+# Optional: the MTEB table of the main cells (rule evaluate_mteb), beside the paper tables.
+rule report_mteb:
+    input:
+        metrics_files(main_cells(config), "mteb"),
+    output:
+        tex="results/tables/mteb.tex",
+        csv="results/tables/mteb.csv",
+        html=report("results/tables/mteb.html", caption="../report/mteb.rst", category="Tables"),
+    log:
+        "logs/report_mteb.log",
+    benchmark:
+        "results/benchmarks/report_mteb.tsv"
+    params:
+        note=lambda w: (f"--caption-note {shlex_quote(config['report']['caption_note'])}" if config["report"]["caption_note"] else ""),
+        code=code_version("report", "evaluate/metrics_io"),
+    conda:
+        "../../envs/kdmcse.yaml"
+    shell:
+        "python -m kdmcse report mteb --metrics {input:q} --tables results/tables {params.note} 2> {log:q}"
 
 
 # The scale experiment: the same student configuration on caption sets of growing size (grid.scale).
@@ -109,10 +146,11 @@ rule report_scale:
         metrics=metrics_files(SCALE_CELLS, "sts"),
         corpora=[f"results/corpora/captions_{config['datasets'][c.dataset]['pairs']}.parquet" for c in SCALE_CELLS],
     output:
-        table=report("results/tables/scale.tex", caption="../report/scale.rst", category="Tables"),
+        table="results/tables/scale.tex",
         table_csv="results/tables/scale.csv",
+        table_html=report("results/tables/scale.html", caption="../report/scale.rst", category="Tables"),
         plot_pdf="results/plots/scale.pdf",
-        plot=report("results/plots/scale.png", caption="../report/scale.rst", category="Plots"),
+        plot=report_plot("scale", caption="../report/scale.rst"),
     log:
         "logs/report_scale.log",
     benchmark:

@@ -5,7 +5,11 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        model=directory(f"results/students/{CELL}/seed~{{seed}}/model"),
+        # The model folder's key files rather than directory(): a directory() output gets a
+        # .snakemake_timestamp marker inside, and the folder must upload to the Hub as it is. The other files
+        # (tokenizer, pooling config) come with them: the train stage writes and replaces the folder as a whole.
+        # Its README.md (the model card) is the output of rule model_card.
+        model=multiext(f"results/students/{CELL}/seed~{{seed}}/model/", "config.json", "model.safetensors", "modules.json"),
         heads=f"results/students/{CELL}/seed~{{seed}}/heads.pt",
         meta=f"results/students/{CELL}/seed~{{seed}}/run_meta.json",
         curves=f"results/students/{CELL}/seed~{{seed}}/curves.csv",
