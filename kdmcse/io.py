@@ -41,6 +41,20 @@ def make_temp_dir(parent: str | os.PathLike[str], prefix: str, suffix: str = "")
     return tmp
 
 
+def apply_umask(tree: str | os.PathLike[str]) -> None:
+    """Give every file and folder under `tree` the mode an ordinary write gets under the umask.
+
+    Libraries that write through private temp files (transformers' safetensors writer among them) leave 0600
+    files behind; a model folder meant to be shared or uploaded must be readable as the user's umask allows.
+    """
+    mask = current_umask()
+    root = Path(tree)
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `final`; rename it onto `final` only if the block succeeds.

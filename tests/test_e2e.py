@@ -223,7 +223,7 @@ def test_model_folders_are_ready_to_share(workdir):
 
     work, _ = workdir
     out = snakemake(work)  # the default target adds the model cards
-    assert job_counts(out).get("model_card") == 5, out[-3000:]
+    assert job_counts(out).get("model_card") == 6, out[-3000:]  # one per student
     student = work / "results/students/wiki+tiny/tiny/kdmcse/margin~0.15_threshold~off/seed~0"
     folder = student / "model"
     names = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}

@@ -157,6 +157,24 @@ def test_save_is_atomic_and_replaces_an_existing_dir(student, tiny_bert_dir, tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["heads.pt", "model"]
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_saved_folder_has_the_modes_of_the_umask(student, tiny_bert_dir, tmp_path, umask):
+    """Every file of the model folder (the weights included, which their writer makes 0600) is readable as the
+    umask allows, so the folder can be shared or uploaded as it is."""
+    import os
+
+    tok = load_tokenizer(tiny_bert_dir)
+    old = os.umask(umask)
+    try:
+        out = save_student(student, tok, tmp_path / "model")
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(out).as_posix(): p.stat().st_mode & 0o777 for p in [out, *out.rglob("*")]}
+    assert modes["model.safetensors"] == 0o666 & ~umask
+    assert {m for p, m in modes.items() if (out / p).is_file()} == {0o666 & ~umask}, modes
+    assert {m for p, m in modes.items() if (out / p).is_dir()} == {0o777 & ~umask}, modes
+
+
 def test_heads_round_trip(student, tiny_bert_dir, tmp_path):
     tok = load_tokenizer(tiny_bert_dir)
     with torch.no_grad():  # make the heads differ from a fresh init

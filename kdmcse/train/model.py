@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdmcse.errors import KdmcseError
-from kdmcse.io import atomic_path, make_temp_dir
+from kdmcse.io import apply_umask, atomic_path, make_temp_dir
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +294,7 @@ def save_student(
             # torch.save names the records inside its zip after the *file name* it is given (here a random temp
             # name); given a file object it uses a fixed one, so the same heads always give the same bytes
             torch.save({**model.heads_state(), "pooling": pooling}, f)
+        apply_umask(tmp)  # the weights file arrives 0600 from its writer's temp file
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
