@@ -67,6 +67,9 @@ def test_default_config_is_valid_and_filled(base):
         ("teacher: vitb16", "teacher", "unknown teacher"),
         ("train: {inter_reduction: median}", "train.inter_reduction", "sum, mean"),
         ("datasets: {wiki+cc: {pairs: cc12m}}", "datasets.wiki+cc.pairs", "unknown caption corpus"),
+        ("evaluate: {sts_tasks: [STSBenchmark, STS17]}", "evaluate.sts_tasks[1]", "is not one of STS12"),
+        ("evaluate: {sts_tasks: [SICKRelatedness, SICKRelatedness]}", "evaluate.sts_tasks", "repeats a value"),
+        ("evaluate: {sts_tasks: []}", "evaluate.sts_tasks", "empty"),
     ],
 )
 def test_invalid_config_names_the_key(base, overlay, key, words):

@@ -84,3 +84,23 @@ def test_demo_overlay_plan():
     assert counts["train"] == 5 and counts["curves"] == 5
     assert counts["teacher"] == 2  # the CLIP teacher, and the MCSE baseline's ResNet-50
     assert counts["teacher_scores"] == 1 and counts["score_plot"] == 1
+
+
+def evaluate_sts_commands(*args: str) -> list[str]:
+    """The shell command of every evaluate_sts job a dry run plans."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "-p", "--cores", "all", "results/tables/main.tex", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    blocks = [b for b in re.split(r"^rule ", out, flags=re.M)[1:] if b.startswith("evaluate_sts:")]
+    return [re.search(r"^Shell command: (.*)$", b, re.M).group(1) for b in blocks]
+
+
+def test_evaluate_sts_scores_the_configured_tasks():
+    default = evaluate_sts_commands()
+    assert len(default) == 100
+    assert all("--sts-tasks STS12,STS13,STS14,STS15,STS16,STSBenchmark,SICKRelatedness " in c for c in default)
+    demo = evaluate_sts_commands("--configfile", str(ROOT / "config" / "demo.yaml"))
+    assert len(demo) == 5 and all("--sts-tasks STSBenchmark,SICKRelatedness " in c for c in demo)

@@ -32,7 +32,8 @@ def test_sts_metrics_json_and_csv(tmp_path: Path, tiny_bert_dir: Path, data_dir:
     assert m["cell"] == {"dataset": "wiki+flickr", "seed": 0, "margin": 0.15, "threshold": "off"}
     assert m["model"] == str(tiny_bert_dir) and m["pooling"] == "avg"
     assert set(m) == {"cell", "model", "pooling", "sts", "align_uniform"}
-    assert set(m["sts"]) == set(STS_TASKS) | {"avg"}
+    assert set(m["sts"]) == set(STS_TASKS) | {"tasks", "avg"}
+    assert m["sts"]["tasks"] == list(STS_TASKS)
     for year in STS_YEARS:
         assert set(m["sts"][year]) == {"all", "wmean", "mean", "n", "subsets"}
     assert set(m["sts"]["STSBenchmark"]) == {"spearman", "n"}
@@ -46,6 +47,35 @@ def test_sts_metrics_json_and_csv(tmp_path: Path, tiny_bert_dir: Path, data_dir:
     assert float(row["sts.STS12.all"]) == pytest.approx(m["sts"]["STS12"]["all"])
     assert float(row["align_uniform.stsb_full.uniform"]) == pytest.approx(m["align_uniform"]["stsb_full"]["uniform"])
     assert not [p.name for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_an_sts_task_subset_scores_those_tasks_as_a_full_run_does(tmp_path: Path, tiny_bert_dir: Path,
+                                                                   data_dir: Path) -> None:
+    common = ["--model", str(tiny_bert_dir), "--pooling", "avg", "--tasks", "sts", "--data", str(data_dir),
+              "--cell", "seed=0", "--batch-size", "8", "--device", "cpu"]
+    full, part = tmp_path / "full.json", tmp_path / "part.json"
+    assert evaluate.main(common + ["--out", str(full)]) == 0
+    assert evaluate.main(common + ["--out", str(part), "--csv", str(tmp_path / "part.csv"),
+                                   "--sts-tasks", "SICKRelatedness,STSBenchmark"]) == 0
+    f, p = json.loads(full.read_text()), json.loads(part.read_text())
+    assert p["sts"]["tasks"] == ["STSBenchmark", "SICKRelatedness"]  # canonical order, whatever the order given
+    assert set(p["sts"]) == {"STSBenchmark", "SICKRelatedness", "tasks", "avg"}
+    for task in ("STSBenchmark", "SICKRelatedness"):
+        assert p["sts"][task]["spearman"] == pytest.approx(f["sts"][task]["spearman"], abs=1e-9)
+    two = [round(f["sts"][t]["spearman"], 2) for t in ("STSBenchmark", "SICKRelatedness")]
+    assert p["sts"]["avg"] == pytest.approx(round(sum(two) / 2, 2))
+    assert p["sts"]["avg"] != f["sts"]["avg"]
+    assert set(p["align_uniform"]["mcse_batch"]) == {"STSBenchmark", "SICKRelatedness", "avg"}
+    assert p["align_uniform"]["stsb_full"] == pytest.approx(f["align_uniform"]["stsb_full"])
+    with (tmp_path / "part.csv").open(newline="") as fh:
+        assert next(csv.DictReader(fh))["sts.tasks"] == "STSBenchmark,SICKRelatedness"
+
+
+@pytest.mark.parametrize("given", ["STS17", "STSBenchmark,STSBenchmark", ","])
+def test_bad_sts_tasks_fail_before_the_model_loads(tmp_path: Path, data_dir: Path, given: str) -> None:
+    with pytest.raises(KdmcseError, match="STS tasks .*choose from STS12"):
+        evaluate.main(["--model", str(tmp_path / "no-model"), "--tasks", "sts", "--data", str(data_dir),
+                       "--out", str(tmp_path / "m.json"), "--sts-tasks", given])
 
 
 def test_transfer_family_calls_the_transfer_evaluator(tmp_path: Path, tiny_bert_dir: Path, data_dir: Path,

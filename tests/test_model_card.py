@@ -82,3 +82,18 @@ def test_bad_facts_fail_before_writing(tmp_path):
         card_main(["--run-meta", str(meta), "--metrics", str(tmp_path / "none.json"), "--facts", json.dumps(FACTS),
                    "--out", str(out)])
     assert not out.exists()
+
+
+def test_a_task_subset_card_shows_only_the_scored_tasks_and_says_so(tmp_path):
+    meta, metrics = _write_inputs(tmp_path)
+    doc = json.loads(metrics.read_text())
+    doc["sts"] = {"STSBenchmark": {"spearman": 71.234, "n": 10}, "SICKRelatedness": {"spearman": 68.5, "n": 10},
+                  "tasks": ["STSBenchmark", "SICKRelatedness"], "avg": 69.87}
+    metrics.write_text(json.dumps(doc))
+    out = tmp_path / "README.md"
+    assert card_main(["--run-meta", str(meta), "--metrics", str(metrics), "--facts", json.dumps(FACTS),
+                      "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| STS-B | SICK-R | Avg |" in text and "| 71.23 | 68.50 | 69.87 |" in text
+    assert "STS12" not in text.split("## STS results")[1].split("## How to load")[0]
+    assert "Only STS-B, SICK-R were scored" in text and "does not compare" in text

@@ -447,3 +447,50 @@ def test_report_captions_exist_and_are_valid_rst():
         text = (ROOT / "workflow" / "report" / f"{name}.rst").read_text(encoding="utf-8")
         docutils_core.publish_doctree(text, settings_overrides={"report_level": 2, "halt_level": 2})
         assert len(text.split()) > 30
+
+
+# ---------------------------------------------------------------- a subset of the STS tasks (evaluate.sts_tasks)
+
+
+def _subset_file(path: Path, cell: dict, stsb: float, sick: float) -> str:
+    """A metrics file as `evaluate --sts-tasks STSBenchmark,SICKRelatedness` writes it."""
+    doc = {"cell": cell, "model": "fixture/model", "pooling": "cls_before_pooler",
+           "sts": {"STSBenchmark": {"spearman": stsb, "n": 10}, "SICKRelatedness": {"spearman": sick, "n": 10},
+                   "tasks": ["STSBenchmark", "SICKRelatedness"], "avg": round((stsb + sick) / 2, 2)},
+           "align_uniform": {"mcse_batch": {"avg": {"align": 0.2, "uniform": -2.0}}}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    return str(path)
+
+
+def test_a_task_subset_shows_dashes_says_what_avg_covers_and_compares_no_avg(tmp_path, caplog):
+    root = tmp_path / "sub"
+    main = [_subset_file(root / f"{o}.json", {**_cell(o, "bert", "wiki+flickr"), "seed": 0}, 80.0 + i, 70.0 + i)
+            for i, o in enumerate(("mcse", "kdmcse"))]
+    thr = [_subset_file(root / f"t{t}.json", {**_cell("kdmcse", "bert", "wiki+flickr", threshold=t), "seed": 0},
+                        81.0, 71.0) for t in ("off", 0.9)]
+    with caplog.at_level("WARNING"):
+        tables, plots = _run(Fixture(tmp_path), tmp_path, main=main, margin=[], threshold=thr, transfer=[])
+    assert "is missing" not in caplog.text  # unscored on purpose: no warning per task
+    frame = pd.read_csv(tables / "main.csv")
+    ours = _ours(frame, objective="kdmcse", backbone="bert", dataset="wiki+flickr")
+    assert math.isnan(ours["STS12_mean"]) and ours["STS-B_mean"] == pytest.approx(81.0)
+    assert ours["Avg_mean"] == pytest.approx(76.0)
+    diff = frame[(frame["kind"] == "diff") & (frame["objective"] == "kdmcse")].iloc[0]
+    assert math.isnan(diff["Avg_mean"])  # our two-task Avg against the paper's seven-task Avg: not compared
+    assert diff["STS-B_mean"] == pytest.approx(81.0 - frame[(frame["kind"] == "reported")
+                                                            & (frame["objective"] == "kdmcse")].iloc[0]["STS-B_mean"])
+    note = r"Only STS-B, SICK-R were scored (evaluate.sts\_tasks)"  # as LaTeX escapes it
+    for name in ("main", "ablation_threshold"):
+        assert note in (tables / f"{name}.tex").read_text(), name
+    assert note not in _run(make_fixture(tmp_path / "full"), tmp_path / "f")[0].joinpath("main.tex").read_text()
+
+
+def test_files_that_scored_different_sts_tasks_do_not_share_a_table(fx, tmp_path):
+    sub = _subset_file(tmp_path / "sub.json", {**_cell("kdmcse", "bert", "wiki+flickr", margin=0.3), "seed": 0},
+                       80.0, 70.0)
+    with pytest.raises(KdmcseError, match="scored different STS tasks.*same evaluate.sts_tasks"):
+        read_metrics_group(fx.files["main"] + [sub], require="sts")
+    with pytest.raises(KdmcseError, match="scored different STS tasks"):
+        _run(fx, tmp_path, margin=fx.files["margin"] + [sub])
+    assert not (tmp_path / "tables").exists()  # refused before anything is written

@@ -2,7 +2,7 @@
 
     python -m kdmcse evaluate --model DIR_OR_ID --pooling cls_before_pooler --tasks sts,transfer \
         --data resources/senteval --out FILE.json [--csv FILE.csv] [--cell key=value …] [--batch-size 128] \
-        [--device auto]
+        [--sts-tasks STS12,…,SICKRelatedness] [--device auto]
 
 The JSON layout is docs/architecture.md §5; the CSV is the same content flattened into one row (cell keys as
 their own columns, then `model`, `pooling` and dotted metric paths such as `sts.STS12.all`).
@@ -14,12 +14,14 @@ import argparse
 import csv
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from kdmcse.data.senteval import check_files, sts_files, transfer_files
 from kdmcse.embedding import POOLINGS, resolve_device
 from kdmcse.errors import KdmcseError
 from kdmcse.evaluate.encoder import load_encoder, resolve_model_dir
+from kdmcse.evaluate.sts import STS_TASKS, check_sts_tasks
 from kdmcse.io import atomic_path, read_json, write_json
 from kdmcse.train.host import cell_label
 
@@ -61,11 +63,14 @@ def parse_cell(pairs: list[str]) -> dict:
 
 
 def flatten(obj: dict, prefix: str = "") -> dict:
+    """Nested dicts -> dotted keys; a list (such as `sts.tasks`) becomes one comma-joined cell."""
     flat: dict = {}
     for key, value in obj.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
             flat.update(flatten(value, name + "."))
+        elif isinstance(value, list):
+            flat[name] = ",".join(map(str, value))
         else:
             flat[name] = value
     return flat
@@ -89,7 +94,7 @@ def write_csv(path: str | Path, row: dict) -> None:
             writer.writerow(row)
 
 
-def run_evaluation(encoder, data_dir: str | Path, tasks: list[str]) -> dict:
+def run_evaluation(encoder, data_dir: str | Path, tasks: list[str], sts_tasks: Sequence[str] = STS_TASKS) -> dict:
     """The metric blocks (`sts`, `align_uniform`, `transfer`) for the requested task families."""
     from kdmcse.evaluate.geometry import align_uniform
     from kdmcse.evaluate.sts import evaluate_sts
@@ -97,7 +102,7 @@ def run_evaluation(encoder, data_dir: str | Path, tasks: list[str]) -> dict:
     out: dict = {}
     if "sts" in tasks:
         t0 = time.perf_counter()
-        out["sts"], suite, emb = evaluate_sts(encoder, data_dir)
+        out["sts"], suite, emb = evaluate_sts(encoder, data_dir, sts_tasks)
         out["align_uniform"] = align_uniform(suite, emb)
         log.info("STS done in %.1f s: avg %.2f", time.perf_counter() - t0, out["sts"]["avg"])
     if "transfer" in tasks:
@@ -134,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-meta", default=None, metavar="JSON",
                    help="the student's run_meta.json: its threshold and measured mask rates go into the metrics")
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--sts-tasks", default=",".join(STS_TASKS),
+                   help="comma-separated STS tasks to score (default: all seven); Avg is then over these only")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     return p
 
@@ -142,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # validate everything cheap before the model is loaded
     tasks = parse_tasks(args.tasks)
+    sts_tasks = check_sts_tasks([t.strip() for t in args.sts_tasks.split(",") if t.strip()])
     cell = parse_cell(args.cell)
     if args.batch_size < 1:
         raise KdmcseError(f"--batch-size must be positive, got {args.batch_size}")
@@ -156,13 +164,15 @@ def main(argv: list[str] | None = None) -> int:
 
     # the log's opening line, as a training job's: what runs, on what
     job = (cell_label(args.cell) or "(no cell)") + (f", seed {cell['seed']}" if "seed" in cell else "")
+    scored = ",".join(tasks) + ("" if "sts" not in tasks or len(sts_tasks) == len(STS_TASKS)
+                                else f" (STS: {','.join(sts_tasks)})")
     log.info("evaluate %s | model %s | device %s | tasks %s | pooling %s, batch %d", job, args.model, device,
-             ",".join(tasks), args.pooling, args.batch_size)
+             scored, args.pooling, args.batch_size)
     encoder = load_encoder(args.model, args.pooling, args.batch_size, device)
     metrics = {"cell": cell, "model": str(args.model), "pooling": args.pooling}
     if training is not None:
         metrics["training"] = training
-    metrics.update(run_evaluation(encoder, data, tasks))
+    metrics.update(run_evaluation(encoder, data, tasks, sts_tasks))
     if args.csv:  # the JSON last: it is the stage's main output
         write_csv(args.csv, csv_row(metrics))
     write_json(args.out, metrics)

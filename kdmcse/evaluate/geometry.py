@@ -8,9 +8,10 @@ Two protocols, reported under separate keys:
   pairs — STS12–16 pairs sorted per subset by (tokens in s1, tokens in s2, gold) as SentEval's loader does, STS-B and
   SICK-R test pairs in file order — with positives = gold >= 4.0 and uniformity over the batch's 2x128 embeddings.
   A batch without positives contributes align = 0 (MCSE's quirk, kept for comparability). A task's value is the mean
-  of its per-batch values (STS12–16: over all batches of all subsets); `avg` is the mean over the 7 tasks.
+  of its per-batch values (STS12–16: over all batches of all subsets); `avg` is the mean over the 7 tasks (over
+  the tasks scored, when `evaluate.sts_tasks` is a subset).
 - `stsb_full`: the whole STS-B test set at once; align over every pair with gold >= 4.0, uniformity over all
-  2xN embeddings (both sides of every pair).
+  2xN embeddings (both sides of every pair). Absent when STS-B is not among the tasks scored.
 Both reuse the embeddings computed for STS.
 """
 
@@ -78,12 +79,13 @@ def _task_batches(task: str, subsets: dict[str, StsPairs], emb: dict[str, PairEm
 
 
 def mcse_batch_protocol(suite: StsSuite, emb: SuiteEmbeddings, batch_size: int = SENTEVAL_BATCH) -> dict:
-    """Per-task mean of per-batch align/uniform, plus the 7-task average (MCSE's numbers)."""
+    """Per-task mean of per-batch align/uniform, plus the average over the tasks (MCSE's numbers with all 7)."""
     out: dict = {}
-    for task in STS_TASKS:
+    tasks = [t for t in STS_TASKS if t in suite]
+    for task in tasks:
         vals = np.array(_task_batches(task, suite[task], emb[task], batch_size))
         out[task] = {"align": float(vals[:, 0].mean()), "uniform": float(vals[:, 1].mean())}
-    out["avg"] = {k: float(np.mean([out[t][k] for t in STS_TASKS])) for k in ("align", "uniform")}
+    out["avg"] = {k: float(np.mean([out[t][k] for t in tasks])) for k in ("align", "uniform")}
     return out
 
 
@@ -95,5 +97,8 @@ def full_set(e1: np.ndarray, e2: np.ndarray, gold: np.ndarray) -> dict:
 
 def align_uniform(suite: StsSuite, emb: SuiteEmbeddings) -> dict:
     """The `align_uniform` block of the metrics JSON."""
-    stsb, e = suite["STSBenchmark"]["test"], emb["STSBenchmark"]["test"]
-    return {"mcse_batch": mcse_batch_protocol(suite, emb), "stsb_full": full_set(e.e1, e.e2, stsb.gold)}
+    out = {"mcse_batch": mcse_batch_protocol(suite, emb)}
+    if "STSBenchmark" in suite:
+        stsb, e = suite["STSBenchmark"]["test"], emb["STSBenchmark"]["test"]
+        out["stsb_full"] = full_set(e.e1, e.e2, stsb.gold)
+    return out

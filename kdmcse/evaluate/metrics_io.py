@@ -44,6 +44,8 @@ class MetricsRecord:
     cell: dict[str, Any]  # without "seed"
     seed: Any
     sts: dict[str, float] = field(default_factory=dict)  # STS_COLUMNS -> value (NaN where absent)
+    # the STS columns the file scored (all seven unless `evaluate.sts_tasks` chose a subset; then Avg is theirs)
+    sts_scored: tuple[str, ...] = ()
     transfer: dict[str, float] = field(default_factory=dict)  # TRANSFER_COLUMNS -> accuracy
     align: float = math.nan  # align_uniform.mcse_batch.avg (the MCSE/KDMCSE protocol, method.md §5.3)
     uniform: float = math.nan
@@ -87,18 +89,28 @@ def _rounded_avg(values: Iterable[float]) -> float:
     return sum(vals) / len(vals) if vals else math.nan
 
 
-def _parse_sts(sts: dict[str, Any], path: Path) -> dict[str, float]:
+def _parse_sts(sts: dict[str, Any], path: Path) -> tuple[dict[str, float], tuple[str, ...]]:
+    """The STS columns and which of them were scored; `sts.tasks` (written since task subsets exist) says which."""
+    listed = sts.get("tasks")
+    known = {task for task, _ in _STS_SOURCES.values()}
+    if listed is not None and (not isinstance(listed, list) or not set(listed) <= known):
+        raise KdmcseError(f"metrics file {path}: sts.tasks is not a list of STS task names; re-run `evaluate`")
     out: dict[str, float] = {}
+    scored = []
     for col, (task, key) in _STS_SOURCES.items():
         entry = sts.get(task)
+        if listed is not None and task not in listed:
+            out[col] = math.nan  # not scored on purpose: shown as -- without a warning
+            continue
         if entry is None:
             log.warning("%s: sts.%s is missing; shown as --", path, task)
         out[col] = _number(entry.get(key) if isinstance(entry, dict) else None)
+        scored.append(col)
     if "avg" in sts:
         out["Avg"] = _number(sts["avg"])
     else:
         out["Avg"] = _rounded_avg(out[c] for c in _STS_SOURCES)
-    return out
+    return out, tuple(scored)
 
 
 def _parse_transfer(transfer: dict[str, Any], path: Path) -> dict[str, float]:
@@ -137,15 +149,16 @@ def read_metrics(path: str | Path, require: Section | None = None) -> MetricsRec
             f"metrics file {path} has no '{require}' section; it is needed for this table "
             f"(write it with `evaluate --tasks {flag}` or pass the file under the right report flag)"
         )
-    sts = _parse_sts(data["sts"], path) if isinstance(data.get("sts"), dict) else {}
+    sts, sts_scored = _parse_sts(data["sts"], path) if isinstance(data.get("sts"), dict) else ({}, ())
     transfer = _parse_transfer(data["transfer"], path) if isinstance(data.get("transfer"), dict) else {}
     align = uniform = math.nan
     batch_avg = ((data.get("align_uniform") or {}).get("mcse_batch") or {}).get("avg")
     if isinstance(batch_avg, dict):
         align, uniform = _number(batch_avg.get("align")), _number(batch_avg.get("uniform"))
     threshold_value, rates = _training(data.get("training"))
-    return MetricsRecord(path=path, cell=cell, seed=seed, sts=sts, transfer=transfer, align=align, uniform=uniform,
-                         threshold_value=threshold_value, mask_rate_image=rates[0], mask_rate_text=rates[1])
+    return MetricsRecord(path=path, cell=cell, seed=seed, sts=sts, sts_scored=sts_scored, transfer=transfer,
+                         align=align, uniform=uniform, threshold_value=threshold_value, mask_rate_image=rates[0],
+                         mask_rate_text=rates[1])
 
 
 def _training(training: Any) -> tuple[float, tuple[float, float]]:
@@ -161,7 +174,8 @@ def _training(training: Any) -> tuple[float, tuple[float, float]]:
 
 
 def read_metrics_group(paths: Iterable[str | Path], require: Section | None = None) -> list[MetricsRecord]:
-    """Read a group of files; two files for the same configuration and seed are an error (ambiguous)."""
+    """Read a group of files; two files for the same configuration and seed are an error (ambiguous), and so are
+    STS files that scored different tasks (their Avg would not compare)."""
     records = [read_metrics(p, require) for p in paths]
     seen: dict[tuple[ConfigKey, Any], Path] = {}
     for rec in records:
@@ -172,4 +186,29 @@ def read_metrics_group(paths: Iterable[str | Path], require: Section | None = No
                 "pass each student's metrics once per table"
             )
         seen[key] = rec.path
+    if require == "sts":
+        first = records[0] if records else None
+        for rec in records[1:]:
+            if rec.sts_scored != first.sts_scored:
+                raise KdmcseError(
+                    f"metrics files {first.path} ({', '.join(first.sts_scored)}) and {rec.path} "
+                    f"({', '.join(rec.sts_scored)}) scored different STS tasks, so their Avg does not compare; "
+                    "re-run `evaluate` for all of them with the same evaluate.sts_tasks / --sts-tasks"
+                )
     return records
+
+
+def sts_scope(records: Iterable[MetricsRecord]) -> tuple[str, ...] | None:
+    """The STS columns a group of records scored, or None when it is all seven (the paper's Avg)."""
+    scored = next((r.sts_scored for r in records if r.sts_scored), None)
+    if scored is None or len(scored) == len(_STS_SOURCES):
+        return None
+    return scored
+
+
+def sts_scope_note(scored: tuple[str, ...] | None) -> str:
+    """The table note that says Avg covers fewer tasks than the paper's ("" when it covers all seven)."""
+    if scored is None:
+        return ""
+    return (f"Only {', '.join(scored)} were scored (evaluate.sts_tasks): Avg is their mean and does not compare "
+            "with the seven-task Avg of the paper.")

@@ -5,6 +5,10 @@ number papers print), `wmean` (subset Spearmans weighted by pair count) and `mea
 same unsupervised way on their test splits. Avg is the mean of the seven numbers each rounded to 2 decimals first,
 as SimCSE's evaluation script averages the printed strings.
 
+A subset of the seven tasks may be scored (`evaluate.sts_tasks`, for quick runs such as the CPU demo): each task's
+number is then the same as in a full run, `tasks` lists what was scored, and `avg` is the mean over those tasks
+only, so it does not compare with the paper's seven-task Avg (the tables say so).
+
 Speed: every sentence of the suite goes through the encoder in one call, so each distinct sentence is encoded once
 and batches are length-sorted across tasks (SentEval encodes both sides of every pair per batch, in file order).
 The embeddings are returned too, so that alignment/uniformity need no second encoding pass.
@@ -13,6 +17,7 @@ The embeddings are returned too, so that alignment/uniformity need no second enc
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +25,7 @@ import numpy as np
 
 from kdmcse.data.senteval import STS_SUBSETS, StsPairs, read_sick, read_sts_year, read_stsb
 from kdmcse.embedding import Encoder, cosine, spearman100
+from kdmcse.errors import KdmcseError
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +44,25 @@ StsSuite = dict[str, dict[str, StsPairs]]
 SuiteEmbeddings = dict[str, dict[str, PairEmbeddings]]
 
 
-def load_sts_suite(root: str | Path) -> StsSuite:
-    suite: StsSuite = {year: read_sts_year(root, year) for year in STS_YEARS}
-    suite["STSBenchmark"] = {"test": read_stsb(root, "test")}
-    suite["SICKRelatedness"] = {"test": read_sick(root, "test")}
+def check_sts_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
+    """The tasks in their canonical order; an unknown or repeated name is an error that lists the valid ones."""
+    bad = [t for t in tasks if t not in STS_TASKS]
+    if bad or not tasks or len(set(tasks)) != len(tasks):
+        what = f"unknown task(s) {', '.join(map(repr, bad))}" if bad else "an empty or repeated list"
+        raise KdmcseError(f"STS tasks (evaluate.sts_tasks / --sts-tasks): {what}; choose from {', '.join(STS_TASKS)}")
+    return tuple(t for t in STS_TASKS if t in tasks)
+
+
+def load_sts_suite(root: str | Path, tasks: Sequence[str] = STS_TASKS) -> StsSuite:
+    """The test pairs of the given tasks (all seven by default), in the canonical task order."""
+    suite: StsSuite = {}
+    for task in check_sts_tasks(tasks):
+        if task == "STSBenchmark":
+            suite[task] = {"test": read_stsb(root, "test")}
+        elif task == "SICKRelatedness":
+            suite[task] = {"test": read_sick(root, "test")}
+        else:
+            suite[task] = read_sts_year(root, task)
     return suite
 
 
@@ -87,20 +108,26 @@ def paper_average(values: list[float]) -> float:
 
 
 def score_suite(suite: StsSuite, emb: SuiteEmbeddings) -> dict:
-    """The `sts` block of the metrics JSON."""
+    """The `sts` block of the metrics JSON: one entry per task of the suite, `tasks` and their `avg`."""
     result: dict = {}
-    for year in STS_YEARS:
-        result[year] = score_year(suite[year], emb[year])
-    for task in ("STSBenchmark", "SICKRelatedness"):
-        pairs, e = suite[task]["test"], emb[task]["test"]
-        result[task] = {"spearman": spearman100(cosine(e.e1, e.e2), pairs.gold), "n": len(pairs)}
-    main = [result[y]["all"] for y in STS_YEARS] + [result[t]["spearman"] for t in ("STSBenchmark", "SICKRelatedness")]
+    main = []
+    for task in check_sts_tasks(list(suite)):
+        if task in STS_YEARS:
+            result[task] = score_year(suite[task], emb[task])
+            main.append(result[task]["all"])
+        else:
+            pairs, e = suite[task]["test"], emb[task]["test"]
+            result[task] = {"spearman": spearman100(cosine(e.e1, e.e2), pairs.gold), "n": len(pairs)}
+            main.append(result[task]["spearman"])
+    result["tasks"] = list(check_sts_tasks(list(suite)))
     result["avg"] = paper_average(main)
     return result
 
 
-def evaluate_sts(encoder: Encoder, senteval_dir: str | Path) -> tuple[dict, StsSuite, SuiteEmbeddings]:
-    """Score the 7 STS tasks; also return the data and embeddings for alignment/uniformity."""
-    suite = load_sts_suite(senteval_dir)
+def evaluate_sts(
+    encoder: Encoder, senteval_dir: str | Path, tasks: Sequence[str] = STS_TASKS
+) -> tuple[dict, StsSuite, SuiteEmbeddings]:
+    """Score the STS tasks (all seven by default); also return the data and embeddings for alignment/uniformity."""
+    suite = load_sts_suite(senteval_dir, tasks)
     emb = encode_suite(encoder, suite)
     return score_suite(suite, emb), suite, emb

@@ -49,10 +49,24 @@ def card_metadata(facts: dict) -> dict:
 
 
 def sts_table(sts: dict) -> str:
-    names = [_SHORT.get(task, task) for task, _ in STS_COLUMNS] + ["Avg"]
-    values = [sts[task][key] for task, key in STS_COLUMNS] + [sts["avg"]]
+    """The scored tasks only: a card states what was measured, never a placeholder."""
+    scored = [(task, key) for task, key in STS_COLUMNS if isinstance(sts.get(task), dict)]
+    names = [_SHORT.get(task, task) for task, _ in scored] + ["Avg"]
+    values = [sts[task][key] for task, key in scored] + [sts["avg"]]
     return ("| " + " | ".join(names) + " |\n|" + "---:|" * len(names) + "\n| "
             + " | ".join(f"{v:.2f}" for v in values) + " |")
+
+
+def sts_explanation(sts: dict) -> str:
+    """What the numbers are; says so when Avg covers fewer than the seven tasks the paper averages."""
+    scored = [_SHORT.get(task, task) for task, _ in STS_COLUMNS if isinstance(sts.get(task), dict)]
+    text = ("Spearman correlation ×100 between the cosine similarity of the embeddings and the gold scores (SentEval "
+            "test sets")
+    if len(scored) == len(STS_COLUMNS):
+        return (text + "; STS12–16 use SentEval's \"all\" aggregation, Avg averages the seven tasks rounded to two "
+                "decimals).")
+    return (text + f"). Only {', '.join(scored)} were scored (`evaluate.sts_tasks`), so Avg averages those "
+            "and does not compare with the seven-task average papers report.")
 
 
 def render_card(facts: dict, run_meta: dict, sts: dict) -> str:
@@ -91,8 +105,7 @@ starting from `{base}`. The teacher, {facts['teacher']}, is frozen; only the stu
 
 ## STS results
 
-Spearman correlation ×100 between the cosine similarity of the embeddings and the gold scores (SentEval test
-sets; STS12–16 use SentEval's "all" aggregation, Avg averages the seven tasks rounded to two decimals).
+{sts_explanation(sts)}
 
 {sts_table(sts)}
 

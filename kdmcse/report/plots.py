@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from kdmcse.evaluate.metrics_io import STS_COLUMNS, MetricsRecord
+from kdmcse.evaluate.metrics_io import STS_COLUMNS, MetricsRecord, sts_scope
 from kdmcse.io import atomic_path
 from kdmcse.report.tables import (
     aggregate,
@@ -142,7 +142,8 @@ def plot_ablation(records: list[MetricsRecord], axis: str, note: str = "") -> Pl
         points.extend({k: v for k, v in r.items() if k != "mask_label"} for r in rows)
     ax.set_xlabel({"margin": "margin (rad)",
                    "threshold": "threshold (off = no filtering; label: share of in-batch negatives masked)"}.get(axis, axis))
-    ax.set_ylabel("STS Avg (Spearman ×100)")
+    scope = sts_scope(records)
+    ax.set_ylabel(f"STS Avg of {', '.join(scope)} (Spearman ×100)" if scope else "STS Avg (Spearman ×100)")
     if not numeric:
         ax.set_xticks([position[v] for v in values], [display_value(v) for v in values])
     if points:

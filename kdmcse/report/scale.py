@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from kdmcse.errors import KdmcseError
-from kdmcse.evaluate.metrics_io import STS_COLUMNS, MetricsRecord, read_metrics_group
+from kdmcse.evaluate.metrics_io import STS_COLUMNS, MetricsRecord, read_metrics_group, sts_scope, sts_scope_note
 from kdmcse.report.plots import PlotResult, _new_figure, _no_data, _std, _title, save_figure
 from kdmcse.report.render import write_table
 from kdmcse.report.tables import (
@@ -94,6 +94,8 @@ def build_scale_table(records: list[MetricsRecord], sizes: dict[str, CorpusSize]
                f"{first.get('margin')}, threshold {first.get('threshold')}")
     notes = [f"Every row: {setting}; Pairs/Images: rows and distinct images of the dataset's caption table."]
     notes += _convention_notes(configs, STS_COLUMNS, expected_n)
+    if sts_scope(records):
+        notes.append(sts_scope_note(sts_scope(records)))
     return Table("scale", caption, "tab:scale", lead, STS_COLUMNS, rows, notes, expected_n)
 
 
@@ -121,7 +123,8 @@ def plot_scale(records: list[MetricsRecord], sizes: dict[str, CorpusSize], note:
                     xytext=(4, 6), fontsize=7, in_layout=False)
     ax.set_xscale("log")
     ax.set_xlabel("image–caption pairs (log scale)")
-    ax.set_ylabel("STS Avg (Spearman ×100)")
+    scope = sts_scope(records)
+    ax.set_ylabel(f"STS Avg of {', '.join(scope)} (Spearman ×100)" if scope else "STS Avg (Spearman ×100)")
     ax.margins(x=0.25, y=0.2)
     return PlotResult(fig, frame)
 

@@ -18,7 +18,8 @@ from typing import Any, Iterable, Literal
 import numpy as np
 
 from kdmcse.errors import KdmcseError
-from kdmcse.evaluate.metrics_io import STS_COLUMNS, TRANSFER_COLUMNS, ConfigKey, MetricsRecord, Section
+from kdmcse.evaluate.metrics_io import (STS_COLUMNS, TRANSFER_COLUMNS, ConfigKey, MetricsRecord, Section,
+                                       sts_scope, sts_scope_note)
 from kdmcse.report.paper_results import PaperEntry
 from kdmcse.report.significance import PairedTest, format_test, paired_seed_test
 
@@ -194,9 +195,12 @@ def _cell_fields(cell: dict[str, Any]) -> dict[str, Any]:
 
 
 def _main_like_rows(
-    configs: list[ConfigStats], columns: tuple[str, ...], paper: list[PaperEntry], paper_table: str
+    configs: list[ConfigStats], columns: tuple[str, ...], paper: list[PaperEntry], paper_table: str,
+    no_diff: tuple[str, ...] = (),
 ) -> tuple[list[Row], list[str]]:
-    """Rows grouped by backbone: our configs (dataset order, objective order), each with its reported row."""
+    """Rows grouped by backbone: our configs (dataset order, objective order), each with its reported row.
+
+    `no_diff` names columns whose Δ is not shown (our Avg over a task subset against the paper's seven)."""
     extra = _extra_keys(configs)
     configs = sorted(
         configs,
@@ -242,7 +246,7 @@ def _main_like_rows(
                 ["Δ ours − reported", ""],
                 {"kind": "diff", **_cell_fields(cfg.cell), "label": f"{label} − {first.label}", "seeds": "",
                  "source": f"ours − method.md §{first.section}", "trust": first.trust},
-                values={c: cfg.stats[c].mean - first.value(c) for c in columns},
+                values={c: math.nan if c in no_diff else cfg.stats[c].mean - first.value(c) for c in columns},
             )
         )
         for p in rest:
@@ -305,8 +309,11 @@ def build_main_table(records: list[MetricsRecord], paper: list[PaperEntry], note
         return _empty_table("main", caption, "tab:main", lead, STS_COLUMNS, "the main STS table")
     configs = aggregate(records, "sts", STS_COLUMNS)
     expected_n = len({s for c in configs for s in c.seeds})
-    rows, others = _main_like_rows(configs, STS_COLUMNS, paper, "sts")
+    scope = sts_scope(records)
+    rows, others = _main_like_rows(configs, STS_COLUMNS, paper, "sts", no_diff=("Avg",) if scope else ())
     notes = _convention_notes(configs, STS_COLUMNS, expected_n)
+    if scope:
+        notes.append(sts_scope_note(scope) + " No Δ is shown for Avg.")
     if paper:
         notes.append("Reported rows: config/paper_results.yaml (source and trust tag per row; docs/method.md §0 rates "
                      "the tags); Δ = ours − reported.")
@@ -421,6 +428,8 @@ def build_ablation_table(
                          format_mask_rate(m["image"], m["text"])]
             rows.append(Row("ours", lead, fields, stats=cfg.stats))
     notes = _convention_notes(configs, STS_COLUMNS, expected_n)
+    if sts_scope(records):
+        notes.append(sts_scope_note(sts_scope(records)))
     if any(r.fields.get("main_setting") for r in rows):
         notes.append("(main): the setting of the main table.")
     if thresholds:

@@ -18,6 +18,7 @@ rule evaluate_sts:
         cell=cell_args,
         pooling=config["train"]["pooling"],
         batch_size=config["evaluate"]["batch_size"],
+        sts_tasks=",".join(config["evaluate"]["sts_tasks"]),
         code=EVAL_CODE,
     threads: job_resources("evaluate_sts")["threads"]
     resources:
@@ -31,7 +32,7 @@ rule evaluate_sts:
         "python -m kdmcse gpus --count 1 -- "
         "python -m kdmcse evaluate --model {params.model:q} --pooling {params.pooling:q} --tasks sts "
         "--data {input.senteval:q} --batch-size {params.batch_size:q} --out {output:q} --cell {params.cell} "
-        "--run-meta {input.meta:q} "
+        "--run-meta {input.meta:q} --sts-tasks {params.sts_tasks:q} "
         "2> {log:q}"
 
 
