@@ -482,7 +482,10 @@ def test_a_task_subset_shows_dashes_says_what_avg_covers_and_compares_no_avg(tmp
                                                             & (frame["objective"] == "kdmcse")].iloc[0]["STS-B_mean"])
     note = r"Only STS-B, SICK-R were scored (evaluate.sts\_tasks)"  # as LaTeX escapes it
     for name in ("main", "ablation_threshold"):
-        assert note in (tables / f"{name}.tex").read_text(), name
+        tex = (tables / f"{name}.tex").read_text()
+        assert note in tex, name
+        assert "superscript n" not in tex, name  # unscored columns are not "missing values"
+    assert r"No $\Delta$ is shown for Avg." in (tables / "main.tex").read_text()
     assert note not in _run(make_fixture(tmp_path / "full"), tmp_path / "f")[0].joinpath("main.tex").read_text()
 
 

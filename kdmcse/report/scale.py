@@ -93,7 +93,7 @@ def build_scale_table(records: list[MetricsRecord], sizes: dict[str, CorpusSize]
                f"{BACKBONE_NAMES.get(str(first.get('backbone')), first.get('backbone'))}, margin "
                f"{first.get('margin')}, threshold {first.get('threshold')}")
     notes = [f"Every row: {setting}; Pairs/Images: rows and distinct images of the dataset's caption table."]
-    notes += _convention_notes(configs, STS_COLUMNS, expected_n)
+    notes += _convention_notes(configs, STS_COLUMNS, expected_n, sts_scope(records))
     if sts_scope(records):
         notes.append(sts_scope_note(sts_scope(records)))
     return Table("scale", caption, "tab:scale", lead, STS_COLUMNS, rows, notes, expected_n)

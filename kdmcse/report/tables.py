@@ -257,7 +257,12 @@ def _main_like_rows(
     return rows, other_matches
 
 
-def _convention_notes(configs: list[ConfigStats], columns: tuple[str, ...], expected_n: int) -> list[str]:
+def _convention_notes(configs: list[ConfigStats], columns: tuple[str, ...], expected_n: int,
+                      scope: tuple[str, ...] | None = None) -> list[str]:
+    """The notes every table carries; `scope` (the STS columns scored, None = all) keeps the columns that were
+    not scored on purpose out of the missing-value note."""
+    if scope is not None:
+        columns = tuple(c for c in columns if c in scope or c == "Avg")
     seeds = sorted({s for c in configs for s in c.seeds}, key=_seed_order)
     notes = [
         f"Mean ± sample std (ddof=1) over {expected_n} seed(s) ({', '.join(map(str, seeds))}); "
@@ -311,9 +316,10 @@ def build_main_table(records: list[MetricsRecord], paper: list[PaperEntry], note
     expected_n = len({s for c in configs for s in c.seeds})
     scope = sts_scope(records)
     rows, others = _main_like_rows(configs, STS_COLUMNS, paper, "sts", no_diff=("Avg",) if scope else ())
-    notes = _convention_notes(configs, STS_COLUMNS, expected_n)
+    notes = _convention_notes(configs, STS_COLUMNS, expected_n, scope)
     if scope:
-        notes.append(sts_scope_note(scope) + " No Δ is shown for Avg.")
+        compared = any(r.kind == "diff" for r in rows)
+        notes.append(sts_scope_note(scope) + (" No Δ is shown for Avg." if compared else ""))
     if paper:
         notes.append("Reported rows: config/paper_results.yaml (source and trust tag per row; docs/method.md §0 rates "
                      "the tags); Δ = ours − reported.")
@@ -427,7 +433,7 @@ def build_ablation_table(
                 lead += [f"{m['value']:.4g}" if math.isfinite(m["value"]) else "--",
                          format_mask_rate(m["image"], m["text"])]
             rows.append(Row("ours", lead, fields, stats=cfg.stats))
-    notes = _convention_notes(configs, STS_COLUMNS, expected_n)
+    notes = _convention_notes(configs, STS_COLUMNS, expected_n, sts_scope(records))
     if sts_scope(records):
         notes.append(sts_scope_note(sts_scope(records)))
     if any(r.fields.get("main_setting") for r in rows):
