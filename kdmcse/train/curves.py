@@ -131,7 +131,8 @@ def _open_writer(folder: Path, start_step: int) -> Any:
     """A TensorBoard `SummaryWriter`, or None when `tensorboard` is not installed (an optional extra).
 
     A fresh run empties the folder (events of an earlier run would mix in); a resumed one purges the events
-    after its checkpoint step, which the killed run may have written before it stopped.
+    after its checkpoint step, which the killed run may have written before it stopped. TensorBoard purges from
+    `purge_step` on, so that is the first step the resumed run takes: the checkpoint step's own events stay.
     """
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -141,4 +142,4 @@ def _open_writer(folder: Path, start_step: int) -> Any:
     if start_step == 0 and folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    return SummaryWriter(log_dir=str(folder), purge_step=start_step if start_step else None)
+    return SummaryWriter(log_dir=str(folder), purge_step=start_step + 1 if start_step else None)
