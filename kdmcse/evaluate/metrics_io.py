@@ -186,8 +186,8 @@ def read_metrics_group(paths: Iterable[str | Path], require: Section | None = No
                 "pass each student's metrics once per table"
             )
         seen[key] = rec.path
-    if require == "sts":
-        first = records[0] if records else None
+    if require == "sts" and records:
+        first = records[0]
         for rec in records[1:]:
             if rec.sts_scored != first.sts_scored:
                 raise KdmcseError(
@@ -206,9 +206,7 @@ def sts_scope(records: Iterable[MetricsRecord]) -> tuple[str, ...] | None:
     return scored
 
 
-def sts_scope_note(scored: tuple[str, ...] | None) -> str:
-    """The table note that says Avg covers fewer tasks than the paper's ("" when it covers all seven)."""
-    if scored is None:
-        return ""
+def sts_scope_note(scored: tuple[str, ...]) -> str:
+    """The table note that says Avg covers fewer tasks than the paper's seven (`scored`: from `sts_scope`)."""
     return (f"Only {', '.join(scored)} were scored (evaluate.sts_tasks): Avg is their mean and does not compare "
             "with the seven-task Avg of the paper.")

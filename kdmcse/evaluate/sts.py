@@ -111,7 +111,8 @@ def score_suite(suite: StsSuite, emb: SuiteEmbeddings) -> dict:
     """The `sts` block of the metrics JSON: one entry per task of the suite, `tasks` and their `avg`."""
     result: dict = {}
     main = []
-    for task in check_sts_tasks(list(suite)):
+    tasks = check_sts_tasks(list(suite))
+    for task in tasks:
         if task in STS_YEARS:
             result[task] = score_year(suite[task], emb[task])
             main.append(result[task]["all"])
@@ -119,7 +120,7 @@ def score_suite(suite: StsSuite, emb: SuiteEmbeddings) -> dict:
             pairs, e = suite[task]["test"], emb[task]["test"]
             result[task] = {"spearman": spearman100(cosine(e.e1, e.e2), pairs.gold), "n": len(pairs)}
             main.append(result[task]["spearman"])
-    result["tasks"] = list(check_sts_tasks(list(suite)))
+    result["tasks"] = list(tasks)
     result["avg"] = paper_average(main)
     return result
 

@@ -48,9 +48,13 @@ def card_metadata(facts: dict) -> dict:
     return meta
 
 
+def _scored(sts: dict) -> list[tuple[str, str]]:
+    """The (task, key) columns the metrics hold: a card states what was measured, never a placeholder."""
+    return [(task, key) for task, key in STS_COLUMNS if isinstance(sts.get(task), dict)]
+
+
 def sts_table(sts: dict) -> str:
-    """The scored tasks only: a card states what was measured, never a placeholder."""
-    scored = [(task, key) for task, key in STS_COLUMNS if isinstance(sts.get(task), dict)]
+    scored = _scored(sts)
     names = [_SHORT.get(task, task) for task, _ in scored] + ["Avg"]
     values = [sts[task][key] for task, key in scored] + [sts["avg"]]
     return ("| " + " | ".join(names) + " |\n|" + "---:|" * len(names) + "\n| "
@@ -59,7 +63,7 @@ def sts_table(sts: dict) -> str:
 
 def sts_explanation(sts: dict) -> str:
     """What the numbers are; says so when Avg covers fewer than the seven tasks the paper averages."""
-    scored = [_SHORT.get(task, task) for task, _ in STS_COLUMNS if isinstance(sts.get(task), dict)]
+    scored = [_SHORT.get(task, task) for task, _ in _scored(sts)]
     text = ("Spearman correlation ×100 between the cosine similarity of the embeddings and the gold scores (SentEval "
             "test sets")
     if len(scored) == len(STS_COLUMNS):

@@ -97,6 +97,12 @@ def plot_align_uniform(records: list[MetricsRecord], note: str = "") -> PlotResu
     return PlotResult(fig, frame)
 
 
+def sts_avg_label(records: list[MetricsRecord]) -> str:
+    """The y-axis label of an STS Avg plot, naming the tasks when Avg covers fewer than the seven."""
+    scope = sts_scope(records)
+    return f"STS Avg of {', '.join(scope)} (Spearman ×100)" if scope else "STS Avg (Spearman ×100)"
+
+
 def plot_ablation(records: list[MetricsRecord], axis: str, note: str = "") -> PlotResult:
     """STS Avg along `axis`: mean with std error bars and a min–max band over seeds, one line per series.
 
@@ -142,8 +148,7 @@ def plot_ablation(records: list[MetricsRecord], axis: str, note: str = "") -> Pl
         points.extend({k: v for k, v in r.items() if k != "mask_label"} for r in rows)
     ax.set_xlabel({"margin": "margin (rad)",
                    "threshold": "threshold (off = no filtering; label: share of in-batch negatives masked)"}.get(axis, axis))
-    scope = sts_scope(records)
-    ax.set_ylabel(f"STS Avg of {', '.join(scope)} (Spearman ×100)" if scope else "STS Avg (Spearman ×100)")
+    ax.set_ylabel(sts_avg_label(records))
     if not numeric:
         ax.set_xticks([position[v] for v in values], [display_value(v) for v in values])
     if points:

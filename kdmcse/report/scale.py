@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from kdmcse.errors import KdmcseError
 from kdmcse.evaluate.metrics_io import STS_COLUMNS, MetricsRecord, read_metrics_group, sts_scope, sts_scope_note
-from kdmcse.report.plots import PlotResult, _new_figure, _no_data, _std, _title, save_figure
+from kdmcse.report.plots import PlotResult, _new_figure, _no_data, _std, _title, save_figure, sts_avg_label
 from kdmcse.report.render import write_table
 from kdmcse.report.tables import (
     BACKBONE_NAMES,
@@ -93,9 +93,10 @@ def build_scale_table(records: list[MetricsRecord], sizes: dict[str, CorpusSize]
                f"{BACKBONE_NAMES.get(str(first.get('backbone')), first.get('backbone'))}, margin "
                f"{first.get('margin')}, threshold {first.get('threshold')}")
     notes = [f"Every row: {setting}; Pairs/Images: rows and distinct images of the dataset's caption table."]
-    notes += _convention_notes(configs, STS_COLUMNS, expected_n, sts_scope(records))
-    if sts_scope(records):
-        notes.append(sts_scope_note(sts_scope(records)))
+    scope = sts_scope(records)
+    notes += _convention_notes(configs, STS_COLUMNS, expected_n, scope)
+    if scope:
+        notes.append(sts_scope_note(scope))
     return Table("scale", caption, "tab:scale", lead, STS_COLUMNS, rows, notes, expected_n)
 
 
@@ -123,8 +124,7 @@ def plot_scale(records: list[MetricsRecord], sizes: dict[str, CorpusSize], note:
                     xytext=(4, 6), fontsize=7, in_layout=False)
     ax.set_xscale("log")
     ax.set_xlabel("image–caption pairs (log scale)")
-    scope = sts_scope(records)
-    ax.set_ylabel(f"STS Avg of {', '.join(scope)} (Spearman ×100)" if scope else "STS Avg (Spearman ×100)")
+    ax.set_ylabel(sts_avg_label(records))
     ax.margins(x=0.25, y=0.2)
     return PlotResult(fig, frame)
 

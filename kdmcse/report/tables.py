@@ -433,9 +433,10 @@ def build_ablation_table(
                 lead += [f"{m['value']:.4g}" if math.isfinite(m["value"]) else "--",
                          format_mask_rate(m["image"], m["text"])]
             rows.append(Row("ours", lead, fields, stats=cfg.stats))
-    notes = _convention_notes(configs, STS_COLUMNS, expected_n, sts_scope(records))
-    if sts_scope(records):
-        notes.append(sts_scope_note(sts_scope(records)))
+    scope = sts_scope(records)
+    notes = _convention_notes(configs, STS_COLUMNS, expected_n, scope)
+    if scope:
+        notes.append(sts_scope_note(scope))
     if any(r.fields.get("main_setting") for r in rows):
         notes.append("(main): the setting of the main table.")
     if thresholds:
