@@ -368,6 +368,11 @@ def machine(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def _num(value: float) -> str:
+    """Three significant digits, so the fastest row of a quick run never prints as 0.0."""
+    return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def render(size, device, train_rows, teacher, evaluation, projection, seconds) -> str:
     import transformers
 
@@ -390,16 +395,16 @@ def render(size, device, train_rows, teacher, evaluation, projection, seconds) -
               f"{lp['captions_s']:,.1f} |",
               f"| stage / released loop | {s['images_s'] / lp['images_s']:.1f}x | "
               f"{s['captions_s'] / lp['captions_s']:.1f}x |"]
-    lines += ["", "| evaluation of one student (bert) | seconds |", "|---|---|",
-              f"| STS12-16, STS-B, SICK-R + alignment/uniformity | {evaluation['sts_s']:.1f} |",
-              f"| STS-B dev (model selection, every eval_steps) | {evaluation['dev_s']:.2f} |"]
+    lines += ["", "| evaluation of one student (bert) | ms |", "|---|---|",
+              f"| STS12-16, STS-B, SICK-R + alignment/uniformity | {_num(1e3 * evaluation['sts_s'])} |",
+              f"| STS-B dev (model selection, every eval_steps) | {_num(1e3 * evaluation['dev_s'])} |"]
     precisions = list(projection)
     n = projection[precisions[0]]["students"]
     lines += ["", "| projected hours | " + " | ".join(precisions) + " |", "|---|" + "---|" * len(precisions),
               "| one paper run (wiki+flickr, bert, kdmcse) | "
-              + " | ".join(f"{projection[p]['paper_run']:.2f}" for p in precisions) + " |",
+              + " | ".join(_num(projection[p]['paper_run']) for p in precisions) + " |",
               f"| whole grid ({n} students + 2 teacher caches; no transfer tasks) | "
-              + " | ".join(f"{projection[p]['grid']:.1f}" for p in precisions) + " |"]
+              + " | ".join(_num(projection[p]['grid']) for p in precisions) + " |"]
     return "\n".join(lines) + "\n"
 
 
